@@ -1,0 +1,1 @@
+"""Entry points that wire the xdr library to Ray (`ray job submit -- python -m ray_jobs.<job>`)."""

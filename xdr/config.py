@@ -1,0 +1,156 @@
+"""Configuration of the indexing job: one pydantic model per stage, loadable from YAML.
+
+Defaults are the xQG paper's settings (METHOD.md section 1). Every field carries a description;
+`xdr config-reference` prints them as the reference table in the README.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from xdr.languages import XOR_LANGUAGES, language_name
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class StorageConfig(_Section):
+    s3_endpoint: str | None = Field(
+        None, description="S3-compatible endpoint URL (e.g. http://127.0.0.1:8333). Default: the "
+        "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL environment variables, else AWS itself.")
+    s3_region: str | None = Field(
+        None, description="S3 region. Default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1. "
+        "Credentials always come from the standard AWS settings (environment, profile, instance role).")
+
+
+class CorpusConfig(_Section):
+    path: str = Field(..., description="Corpus file, folder or glob; local path, file:// or s3:// URI.")
+    format: Literal["auto", "tsv", "jsonl", "parquet"] = Field(
+        "auto", description="Input format; auto = from the file extension (.tsv, .jsonl/.json, .parquet; "
+        "optionally .gz).")
+    default_lang: str = Field("en", description="Language of passages whose row has no `lang`.")
+    max_text_chars: int = Field(20_000, gt=0, description="Passages with longer text are rejected.")
+    max_reject_fraction: float = Field(
+        0.01, ge=0, le=1, description="The job fails when more than this fraction of rows is rejected.")
+    passages_per_part: int = Field(
+        10_000, gt=0, description="Valid passages per part. A part is the unit of work, commit and resume.")
+
+
+class GeneratorConfig(_Section):
+    model: str = Field("ielabgroup/xor-tydi-docTquery-mt5-base",
+                       description="Hugging Face seq2seq model id or local folder.")
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit) on the Hub.")
+    languages: list[str] = Field(list(XOR_LANGUAGES), description="Target languages (ISO 639-1 codes).")
+    queries_per_language: int = Field(5, ge=1, description="n: sampled queries per passage and language.")
+    top_k: int = Field(10, ge=1, description="Top-k sampling.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    max_input_tokens: int = Field(128, gt=0, description="Prompt truncation length.")
+    max_new_tokens: int = Field(32, gt=0, description="Longest generated query.")
+    seed: int = Field(0, ge=0, description="Queries depend only on (seed, passage id, language, index).")
+    batch_size: int = Field(64, gt=0, description="(passage, language) prompts per generate call.")
+    dtype: DType = Field("auto", description="auto = bfloat16 on a GPU that has it, else float32.")
+    prompt_template: str = Field(
+        "Generate a {language} question for this passage: {title} {text}",
+        description="Prompt; {language} is the full English language name.")
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, languages: list[str]) -> list[str]:
+        if not languages:
+            raise ValueError("generator.languages is empty; give at least one language code")
+        for code in languages:
+            language_name(code)
+        if len(set(languages)) != len(languages):
+            raise ValueError(f"generator.languages has duplicates: {languages}")
+        return languages
+
+
+class EncoderConfig(_Section):
+    model: str = Field("ielabgroup/bert-base-multilingual-cased-xor-tydi",
+                       description="Hugging Face encoder model id or local folder.")
+    revision: str | None = Field(None, description="Model revision on the Hub.")
+    pooling: Literal["cls", "mean"] = Field("cls", description="How token states become one vector.")
+    normalize: bool = Field(False, description="L2-normalise vectors (the xQG recipe does not).")
+    passage_max_tokens: int = Field(128, gt=0, description="Passage (title + ' ' + text) length.")
+    query_max_tokens: int = Field(32, gt=0, description="Query length, also for generated queries.")
+    batch_size: int = Field(256, gt=0, description="Texts per forward pass.")
+    dtype: DType = Field("auto", description="auto = bfloat16 on a GPU that has it, else float32.")
+
+
+class FusionConfig(_Section):
+    alpha: float = Field(0.01, ge=0, le=1, description="Weight of the generated queries.")
+    mode: Literal["sum", "mean"] = Field(
+        "sum", description="sum: (1-a)E(p) + a*sum E(q) as in the paper; mean: (1-a)E(p) + a*mean E(q).")
+    queries_per_language: int | None = Field(
+        None, ge=0, description="Use the first k queries of each language (None = all generated).")
+
+
+class ResourcesConfig(_Section):
+    gpus_per_actor: float | None = Field(
+        None, ge=0, description="GPUs per generator/encoder actor; None = 1 if the cluster has GPUs, else 0.")
+    cpus_per_actor: float = Field(1.0, ge=0, description="CPUs reserved by each model actor.")
+    generator_actors: tuple[int, int] = Field(
+        (1, 8), description="(min, max) generator actors; the pool grows onto new GPU nodes up to max.")
+    encoder_actors: tuple[int, int] = Field((1, 8), description="(min, max) encoder actors.")
+
+    @field_validator("generator_actors", "encoder_actors")
+    @classmethod
+    def _pool_bounds(cls, bounds: tuple[int, int]) -> tuple[int, int]:
+        low, high = bounds
+        if low < 1 or high < low:
+            raise ValueError(f"actor pool bounds {bounds} must satisfy 1 <= min <= max")
+        return bounds
+
+
+class IndexingJobConfig(_Section):
+    """Everything the indexing job (corpus -> queries -> fused embeddings) needs."""
+
+    output: str = Field(..., description="Run folder (local path or s3:// URI): queries/, embeddings/, "
+                        "passages/, rejects/ and manifest.json go under it.")
+    corpus: CorpusConfig
+    generator: GeneratorConfig = GeneratorConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    fusion: FusionConfig = FusionConfig()
+    queries_from: str | None = Field(
+        None, description="Reuse the queries of an earlier run (its run folder) instead of generating.")
+    embedding_dtype: Literal["float32", "float16"] = Field("float32", description="Stored vector type.")
+    resources: ResourcesConfig = ResourcesConfig()
+    storage: StorageConfig = StorageConfig()
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.field=value` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not of the form section.field=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> IndexingJobConfig:
+    """Read a YAML config, apply overrides, validate. Errors name the file and the bad fields."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of sections at the top level")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return IndexingJobConfig.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(f"invalid configuration{f' in {path}' if path else ''}:\n{err}") from None

@@ -1,0 +1,80 @@
+"""Dense encoder: one Hugging Face encoder for queries and passages (the xDR recipe).
+
+CLS pooling, no projection and no normalisation by default; dot-product scoring. Passages are
+`title + " " + text` at 128 tokens, queries (generated ones too) at 32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from xdr.batching import chunks, length_sorted_batches, pad_batch, pick_device, pick_dtype, prefetch
+from xdr.config import EncoderConfig
+
+POOLINGS = ("cls", "mean")
+TOKENIZE_CHUNK = 8192  # texts tokenised ahead of the device at a time
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """hidden [B, T, d], mask [B, T] -> [B, d]."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+
+
+def passage_text(title: str, text: str) -> str:
+    return f"{title} {text}".strip() if title else text.strip()
+
+
+class Encoder:
+    """encode(texts, max_tokens) -> float32 [N, d] in input order."""
+
+    def __init__(self, config: EncoderConfig, device: str | None = None):
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {config.pooling!r}; expected one of {', '.join(POOLINGS)}")
+        self.config = config
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision)
+        self.model = AutoModel.from_pretrained(config.model, revision=config.revision, dtype=self.dtype)
+        self.model.to(self.device).eval()
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.inference_mode()
+    def _forward(self, token_ids: list[list[int]]) -> torch.Tensor:
+        input_ids, mask = pad_batch(token_ids, self.tokenizer.pad_token_id)
+        mask = mask.to(self.device)
+        hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state
+        vectors = pool(hidden, mask, self.config.pooling).float()
+        if self.config.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return vectors.cpu()
+
+    def encode(self, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+
+        def tokenized_chunks():
+            for span in chunks(len(texts), TOKENIZE_CHUNK):
+                ids = self.tokenizer([texts[i] for i in span], truncation=True, max_length=max_tokens)["input_ids"]
+                yield span, ids
+
+        for span, token_ids in prefetch(tokenized_chunks()):
+            for batch in length_sorted_batches([len(t) for t in token_ids], self.config.batch_size):
+                out[np.asarray(span)[batch]] = self._forward([token_ids[i] for i in batch]).numpy()
+        return out
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts, self.config.query_max_tokens)
+
+    def encode_passages(self, titles: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        return self.encode([passage_text(t, x) for t, x in zip(titles, texts)], self.config.passage_max_tokens)

@@ -1,0 +1,188 @@
+"""Object storage behind URIs: local paths, file:// and s3://.
+
+Reads and listings go through pyarrow filesystems. Writes of finished files are atomic: a local file
+is written under a hidden temporary name and renamed; an S3 object is sent with one PUT (boto3), which
+S3 makes visible whole or not at all. So a file that exists is a committed file, and resume can trust it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from xdr.config import StorageConfig
+
+_GLOB_CHARS = "*?["
+_MAX_PUT_BYTES = 5 * 1024**3  # S3's limit for a single PUT
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A committed file: where it is, its size and its SHA-256."""
+
+    uri: str
+    bytes: int
+    sha256: str
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+class Storage:
+    """Filesystem access for one storage configuration. Picklable: clients are made lazily."""
+
+    def __init__(self, config: StorageConfig | None = None):
+        self.config = config or StorageConfig()
+
+    def __getstate__(self):
+        return {"config": self.config}
+
+    def __setstate__(self, state):
+        self.config = state["config"]
+
+    # --- S3 settings from the config or the standard AWS environment ---------------------------
+    @property
+    def _endpoint(self) -> str | None:
+        return (self.config.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL"))
+
+    @property
+    def _region(self) -> str:
+        return (self.config.s3_region or os.environ.get("AWS_REGION")
+                or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+
+    @cached_property
+    def _s3_fs(self) -> pafs.S3FileSystem:
+        kwargs = {"region": self._region}
+        endpoint = self._endpoint
+        if endpoint:
+            parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+            kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+        return pafs.S3FileSystem(**kwargs)
+
+    @cached_property
+    def _s3_client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self._endpoint, region_name=self._region)
+
+    def filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """The pyarrow filesystem for a URI and the path inside it."""
+        if is_s3(uri):
+            return self._s3_fs, uri[len("s3://"):].rstrip("/")
+        if uri.startswith("file://"):
+            uri = uri[len("file://"):]
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+    def _uri(self, original: str, path: str) -> str:
+        return f"s3://{path}" if is_s3(original) else path
+
+    # --- reading ----------------------------------------------------------------------------
+    def exists(self, uri: str) -> bool:
+        fs, path = self.filesystem(uri)
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def open_input(self, uri: str):
+        fs, path = self.filesystem(uri)
+        return fs.open_input_stream(path)
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.open_input(uri) as f:
+            return f.read()
+
+    def read_table(self, uri: str, columns: list[str] | None = None) -> pa.Table:
+        fs, path = self.filesystem(uri)
+        return pq.read_table(path, filesystem=fs, columns=columns)
+
+    def list_files(self, uri: str, suffix: str = "") -> list[str]:
+        """Files under a folder (recursive, hidden names skipped), sorted; [] if it does not exist."""
+        fs, path = self.filesystem(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        if info.type == pafs.FileType.File:
+            return [uri]
+        selector = pafs.FileSelector(path, recursive=True)
+        found = []
+        for entry in fs.get_file_info(selector):
+            rel = entry.path[len(path):].lstrip("/")
+            if entry.type != pafs.FileType.File or any(_is_hidden(p) for p in rel.split("/")):
+                continue
+            if entry.path.endswith(suffix):
+                found.append(self._uri(uri, entry.path))
+        return sorted(found)
+
+    def expand(self, pattern: str) -> list[str]:
+        """A file, a folder or a glob -> the sorted list of files it names."""
+        if not any(c in pattern for c in _GLOB_CHARS):
+            return self.list_files(pattern)
+        scheme = "s3://" if is_s3(pattern) else ""
+        body = pattern[len(scheme):]
+        cut = min(body.find(c) for c in _GLOB_CHARS if c in body)
+        base = body[: body.rfind("/", 0, cut) + 1] or "."
+        candidates = self.list_files(scheme + base)
+        _, abs_pattern = self.filesystem(pattern)
+        return [c for c in candidates if fnmatch.fnmatchcase(self.filesystem(c)[1], abs_pattern)]
+
+    # --- writing ----------------------------------------------------------------------------
+    def write_bytes(self, uri: str, data: bytes) -> FileRecord:
+        """Write a whole file atomically and return its record."""
+        fs, path = self.filesystem(uri)
+        if is_s3(uri):
+            if len(data) > _MAX_PUT_BYTES:
+                raise ValueError(f"{uri}: {len(data)} bytes exceed one S3 PUT; lower passages_per_part")
+            bucket, _, key = path.partition("/")
+            self._s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+        else:
+            folder, name = os.path.split(path)
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        return FileRecord(uri, len(data), hashlib.sha256(data).hexdigest())
+
+    def write_table(self, uri: str, table: pa.Table) -> FileRecord:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        return self.write_bytes(uri, buffer.getvalue())
+
+    def record(self, uri: str) -> FileRecord:
+        """The record of a file already committed (size and checksum read back)."""
+        data = self.read_bytes(uri)
+        return FileRecord(uri, len(data), hashlib.sha256(data).hexdigest())
+
+    def remove_stale_temporaries(self, uri: str) -> int:
+        """Delete temporary files a killed local writer left behind; returns how many."""
+        if is_s3(uri):
+            return 0  # S3 writes leave nothing behind
+        fs, path = self.filesystem(uri)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return 0
+        removed = 0
+        for entry in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+            if entry.type == pafs.FileType.File and ".tmp-" in entry.base_name and entry.base_name.startswith("."):
+                fs.delete_file(entry.path)
+                removed += 1
+        return removed
