@@ -61,6 +61,7 @@ def build_pipeline(config: IndexingJobConfig, parts: list[int]) -> ray.data.Data
 
 
 def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) -> dict[str, Any]:
+    config = config.model_copy(update={"storage": Storage(config.storage).resolved()})
     storage = Storage(config.storage)
     started = time.perf_counter()
     manifest = begin_run(storage, config)

@@ -53,6 +53,12 @@ class Storage:
     def __init__(self, config: StorageConfig | None = None):
         self.config = config or StorageConfig()
 
+    def resolved(self) -> StorageConfig:
+        """The config with endpoint and region taken from this process's environment, so that workers
+        on other machines talk to the same endpoint. Credentials are not copied: each node uses its own
+        standard AWS settings, and secrets never travel in a config."""
+        return self.config.model_copy(update={"s3_endpoint": self._endpoint, "s3_region": self._region})
+
     def __getstate__(self):
         return {"config": self.config}
 

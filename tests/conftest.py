@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny offline models, one local Ray, one SeaweedFS S3 server, job configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from xdr.config import IndexingJobConfig
+from xdr.tiny_models import build_tiny_models
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """Started after the S3 server, so its workers inherit the AWS settings like a configured node."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from tests.s3_server import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)  # standard AWS settings: the library and Ray workers read these
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+def make_config(models: dict[str, Path], corpus_path: str | Path, output: str | Path, **sections) -> IndexingJobConfig:
+    """A small, fast job config over the tiny models; `sections` override whole fields."""
+    data = {
+        "output": str(output),
+        "corpus": {"path": str(corpus_path), "passages_per_part": 8},
+        "generator": {"model": str(models["generator"]), "languages": ["ar", "fi", "te"],
+                      "queries_per_language": 2, "batch_size": 16, "max_new_tokens": 8},
+        "encoder": {"model": str(models["encoder"]), "batch_size": 32},
+        "resources": {"gpus_per_actor": 0, "cpus_per_actor": 0.5, "generator_actors": [1, 1],
+                      "encoder_actors": [1, 1]},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return IndexingJobConfig.model_validate(data)
