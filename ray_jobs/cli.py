@@ -44,7 +44,7 @@ def _demo(argv: list[str]) -> None:
     import ray
 
     index_corpus.setup_logging()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a stale cluster
     try:
         manifest = index_corpus.run_indexing(config, progress_every_s=1.0)
     finally:

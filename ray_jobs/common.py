@@ -20,7 +20,8 @@ def parse_job_args(description: str, argv: list[str] | None = None) -> tuple[arg
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     parser.add_argument("--address", default=None,
-                        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started here)")
+                        help="Ray cluster address; 'local' starts a fresh local Ray (default: RAY_ADDRESS, "
+                        "else the cluster `ray start` runs on this machine, else a local Ray)")
     args, rest = parser.parse_known_args(argv)
     overrides = list(args.set)
     i = 0

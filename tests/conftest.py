@@ -23,7 +23,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def ray_local(s3_server):
     """Started after the S3 server, so its workers inherit the AWS settings like a configured node."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

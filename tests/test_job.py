@@ -12,8 +12,8 @@ from ray_jobs.index_corpus import run_indexing
 from tests.conftest import make_config
 from tests.jobcheck import expected_embeddings, expected_queries, table_rows
 
-PASSAGES = [{"id": f"doc{i:02d}", "title": f"Title {i}", "text": f"Passage {i} about rivers and mountains. " * (1 + i % 3)}
-            for i in range(19)]
+PASSAGES = [{"id": f"doc{i:02d}", "title": f"Title {i}",
+             "text": f"Passage {i} about rivers and mountains. " * (1 + i % 3)} for i in range(19)]
 
 
 def _corpus_lines(bad=True):

@@ -24,8 +24,8 @@ def _job_command(config_path):
 
 
 def _job_env():
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return {**env, "PYTHONPATH": str(REPO)}
+    # "local": a fresh local Ray, never a cluster some earlier (killed) run left recorded in /tmp/ray
+    return {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(REPO)}
 
 
 def _kill_group(pgid: int) -> None:
