@@ -26,7 +26,8 @@ def test_expand_file_folder_glob_and_missing(tmp_path):
     base = tmp_path / "x"
     assert storage.expand(str(base)) == [str(base / n) for n in ("1.jsonl", "2.tsv", "sub/3.jsonl")]
     assert storage.expand(str(base / "*.jsonl")) == [str(base / "1.jsonl")]
-    assert storage.expand(str(base / "**" / "*.jsonl")) == [str(base / "sub/3.jsonl")]
+    assert storage.expand(str(base / "**" / "*.jsonl")) == [str(base / "1.jsonl"), str(base / "sub/3.jsonl")]
+    assert storage.expand(str(base / "[12].*")) == [str(base / "1.jsonl"), str(base / "2.tsv")]
     assert storage.expand(f"file://{base}/2.tsv") == [str(base / "2.tsv")]
     assert storage.expand(str(tmp_path / "nothing")) == []
 
@@ -40,7 +41,7 @@ def test_s3_round_trip_listing_and_glob(s3_server):
     storage.write_bytes(f"s3://{bucket}/st/p/notes.txt", b"x")
     assert storage.read_table(record.uri) == table
     assert storage.exists(record.uri) and not storage.exists(f"s3://{bucket}/st/p/missing")
-    assert storage.list_files(f"s3://{bucket}/st/p") == [record.uri, f"s3://{bucket}/st/p/notes.txt"]
+    assert storage.list_files(f"s3://{bucket}/st/p") == [f"s3://{bucket}/st/p/notes.txt", record.uri]
     assert storage.expand(f"s3://{bucket}/st/p/*.parquet") == [record.uri]
     body = s3_server.client().get_object(Bucket=bucket, Key="st/p/part-00000.parquet")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == record.sha256

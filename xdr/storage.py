@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import io
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,6 +42,33 @@ def join(uri: str, *parts: str) -> str:
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """Shell-style glob: `*` and `?` stay within one path segment, `**/` spans any number of folders."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape("["))
+                i += 1
+            else:
+                out.append(fnmatch.translate(pattern[i: end + 1])[4:-3])  # the class, as fnmatch writes it
+                i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
 
 
 def _is_hidden(name: str) -> bool:
@@ -126,7 +154,7 @@ class Storage:
         if info.type == pafs.FileType.NotFound:
             return []
         if info.type == pafs.FileType.File:
-            return [uri]
+            return [self._uri(uri, path)]
         selector = pafs.FileSelector(path, recursive=True)
         found = []
         for entry in fs.get_file_info(selector):
@@ -146,8 +174,8 @@ class Storage:
         cut = min(body.find(c) for c in _GLOB_CHARS if c in body)
         base = body[: body.rfind("/", 0, cut) + 1] or "."
         candidates = self.list_files(scheme + base)
-        _, abs_pattern = self.filesystem(pattern)
-        return [c for c in candidates if fnmatch.fnmatchcase(self.filesystem(c)[1], abs_pattern)]
+        matcher = _glob_regex(self.filesystem(pattern)[1])
+        return [c for c in candidates if matcher.fullmatch(self.filesystem(c)[1])]
 
     # --- writing ----------------------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes) -> FileRecord:
