@@ -8,12 +8,13 @@ import os
 
 import ray
 
-from xdr.config import IndexingJobConfig, load_config
+from xdr.config import IndexingJobConfig, load_model
 
 log = logging.getLogger("xdr")
 
 
-def parse_job_args(description: str, argv: list[str] | None = None) -> tuple[argparse.Namespace, IndexingJobConfig]:
+def parse_job_args(description: str, argv: list[str] | None = None,
+                   model_cls=IndexingJobConfig) -> tuple[argparse.Namespace, IndexingJobConfig]:
     """`--config FILE`, then overrides as `--section.field=value`, `--section.field value` or
     `--set section.field=value`."""
     parser = argparse.ArgumentParser(description=description)
@@ -37,7 +38,7 @@ def parse_job_args(description: str, argv: list[str] | None = None) -> tuple[arg
         overrides.append(f"{key.replace('-', '_')}={value}")
         i += 1
     try:
-        config = load_config(args.config, overrides)
+        config = load_model(model_cls, args.config, overrides)
     except (OSError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
     return args, config

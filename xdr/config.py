@@ -143,14 +143,63 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> IndexingJobConfig:
     """Read a YAML config, apply overrides, validate. Errors name the file and the bad fields."""
+    return load_model(IndexingJobConfig, path, overrides)
+
+
+class IndexBuildConfig(_Section):
+    """The index build job: a finished indexing run's embeddings -> sharded IVF(-PQ) index."""
+
+    run: str = Field(..., description="The indexing run folder (its embeddings/ and passages/ are read).")
+    output: str | None = Field(None, description="Index folder; default <run>/index.")
+    factory: str | None = Field(
+        None, description="FAISS index_factory string, e.g. IVF65536,PQ64np. Default: from corpus size and "
+        "dimension (about 4*sqrt(N) lists, 8-bit PQ with dim/12 sub-quantizers; IVF,Flat when too small for PQ).")
+    train_sample: int | None = Field(
+        None, gt=0, description="Vectors sampled (uniformly, seeded) to train on. Default: 64 per list, at least "
+        "9,984 (8-bit PQ), at most the corpus.")
+    nprobe: int = Field(32, gt=0, description="Lists searched per query unless a request says otherwise.")
+    shards: int = Field(2, gt=0, description="Serving shards (one Ray Serve deployment each).")
+    with_text: bool = Field(True, description="Keep title and text next to each shard to answer with text.")
+    seed: int = Field(0, ge=0, description="Seed of the training sample and of k-means.")
+    storage: StorageConfig = StorageConfig()
+
+    @property
+    def index_root(self) -> str:
+        from xdr.storage import join
+
+        return self.output or join(self.run, "index")
+
+
+class ServeConfig(_Section):
+    """The Ray Serve endpoint over a built index."""
+
+    index: str = Field(..., description="Index folder (local path or s3://), as written by the build job.")
+    encoder: EncoderConfig = Field(EncoderConfig(), description="Query encoder; must be the indexing encoder.")
+    host: str = Field("127.0.0.1", description="HTTP bind address (loopback unless you open it on purpose).")
+    port: int = Field(8000, gt=0, lt=65536, description="HTTP port.")
+    max_queries: int = Field(64, gt=0, description="Most queries in one request.")
+    max_query_chars: int = Field(2000, gt=0, description="Longest query text.")
+    max_k: int = Field(1000, gt=0, description="Largest k a request may ask for.")
+    token_env: str = Field("XDR_SERVE_TOKEN", description="Environment variable holding the bearer token; "
+                           "when neither it nor token_file is set, the endpoint is open.")
+    token_file: str | None = Field(None, description="File holding the bearer token.")
+    encoder_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of the encoder.")
+    shard_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of each shard.")
+    replica_cpus: float = Field(0.25, gt=0, description="CPUs reserved per replica.")
+    cache_dir: str | None = Field(None, description="Local cache for index files read from S3 "
+                                  "(default $XDR_CACHE or ~/.cache/xdr).")
+    storage: StorageConfig = StorageConfig()
+
+
+def load_model(model_cls, path: str | Path | None, overrides: list[str] = ()):
+    """Like load_config, for any of the job configs."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of sections at the top level")
     data = apply_overrides(data, list(overrides))
     try:
-        return IndexingJobConfig.model_validate(data)
+        return model_cls.model_validate(data)
     except ValidationError as err:
         raise ValueError(f"invalid configuration{f' in {path}' if path else ''}:\n{err}") from None

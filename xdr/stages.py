@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from xdr import schemas
 from xdr.config import IndexingJobConfig
-from xdr.encoder import Encoder
+from xdr.encoder import make_encoder
 from xdr.fusion import fuse
 from xdr.generator import QueryGenerator
 from xdr.layout import RunLayout
@@ -77,7 +77,7 @@ class EmbedPartStage:
         self.storage = Storage(config.storage)
         self.layout = RunLayout(config.output)
         self.queries_layout = RunLayout(config.queries_from or config.output)
-        self.encoder = Encoder(config.encoder, device=device)
+        self.encoder = make_encoder(config.encoder, device=device)
         gen = config.generator
         self.languages = list(gen.languages)
         self.queries_per_language = (config.fusion.queries_per_language

@@ -147,6 +147,11 @@ class Storage:
         fs, path = self.filesystem(uri)
         return pq.read_table(path, filesystem=fs, columns=columns)
 
+    def parquet_rows(self, uri: str) -> int:
+        """Row count of a Parquet file, from its footer."""
+        fs, path = self.filesystem(uri)
+        return pq.read_metadata(path, filesystem=fs).num_rows
+
     def list_files(self, uri: str, suffix: str = "") -> list[str]:
         """Files under a folder (recursive, hidden names skipped), sorted; [] if it does not exist."""
         fs, path = self.filesystem(uri)

@@ -1,0 +1,120 @@
+"""The index build job: a finished indexing run -> a sharded IVF(-PQ) FAISS index.
+
+    python -m ray_jobs.build_index --run=s3://bucket/run --shards=4
+    ray job submit --working-dir . -- python -m ray_jobs.build_index --config cluster/build_index.yaml
+
+1. One task draws a uniform sample of the embeddings (only the sampled rows are read) and trains the index.
+2. One task per embeddings part adds that part to a copy of the trained index (in parallel).
+3. One task per serving shard merges its parts' partial indexes (memory: one shard plus one partial).
+4. The driver checks every passage is in exactly one shard and writes index/manifest.json.
+Every file is committed atomically and skipped when rerun, so a killed build resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import ray
+
+from ray_jobs.common import connect_ray, parse_job_args, setup_logging
+from xdr import index as xindex
+from xdr.config import IndexBuildConfig
+from xdr.layout import RunLayout
+from xdr.manifest import code_version, now, read_manifest
+from xdr.progress import Progress
+from xdr.storage import Storage
+
+log = logging.getLogger("xdr.build_index")
+
+
+def _train(storage: Storage, config: IndexBuildConfig, rows_per_part: list[int]) -> dict[str, Any]:
+    layout = xindex.IndexLayout(config.index_root)
+    total = sum(rows_per_part)
+    dim = storage.read_table(RunLayout(config.run).part("embeddings", 0), columns=["embedding"]).schema.field(
+        "embedding").type.list_size
+    factory = config.factory or xindex.default_factory(total, dim)
+    nlist = xindex.faiss.extract_index_ivf(xindex.faiss.index_factory(dim, factory)).nlist
+    sample_size = config.train_sample or min(total, max(64 * nlist, xindex.PQ_TRAIN_POINTS))
+    if not storage.exists(layout.trained):
+        start = time.perf_counter()
+        sample = xindex.read_sample(storage, config.run, rows_per_part, sample_size, config.seed)
+        index = xindex.train_index(factory, sample, seed=config.seed)
+        storage.write_bytes(layout.trained, xindex.to_bytes(index))
+        log.info("trained %s on %d vectors in %.1fs", factory, len(sample), time.perf_counter() - start)
+    return {"factory": factory, "dim": dim, "nlist": nlist, "train_sample": min(sample_size, total)}
+
+
+def build_index(config: IndexBuildConfig) -> dict[str, Any]:
+    config = config.model_copy(update={"storage": Storage(config.storage).resolved()})
+    storage = Storage(config.storage)
+    started = time.perf_counter()
+    run_manifest = read_manifest(storage, config.run)
+    if run_manifest.get("status") != "complete":
+        raise ValueError(f"{config.run} is not a finished indexing run (status {run_manifest.get('status')!r}); "
+                         "rerun the indexing job to finish it first")
+    layout = RunLayout(config.run)
+    parts = run_manifest["counts"]["parts"]
+    rows_per_part = [storage.parquet_rows(layout.part("embeddings", p)) for p in range(parts)]
+    offsets = xindex.part_offsets(rows_per_part)
+
+    trained = ray.get(ray.remote(_train).options(num_cpus=1).remote(storage, config, rows_per_part))
+    train_s = time.perf_counter() - started
+
+    add = ray.remote(xindex.add_part).options(num_cpus=1, max_retries=2)
+    pending = {add.remote(storage, config.run, config.index_root, p, offsets[p]): p for p in range(parts)}
+    progress = Progress("add", sum(rows_per_part), parts, emit=log.info)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        progress.update(rows_per_part[pending.pop(done[0])])
+        ray.get(done[0])
+    add_s = time.perf_counter() - started - train_s
+
+    plan = xindex.shard_plan(parts, config.shards)
+    merge = ray.remote(xindex.merge_shard).options(num_cpus=1, max_retries=2)
+    shards = ray.get([merge.remote(storage, config.run, config.index_root, s, plan_parts, offsets,
+                                   with_text=config.with_text) for s, plan_parts in enumerate(plan)])
+    expected = run_manifest["counts"]["embeddings"]
+    indexed = sum(s["vectors"] for s in shards)
+    if indexed != expected or sum(rows_per_part) != expected:
+        raise RuntimeError(f"the shards hold {indexed} vectors, the run has {expected} embeddings")
+
+    manifest = {
+        **trained,
+        "metric": "inner_product",
+        "nprobe": config.nprobe,
+        "source_run": config.run,
+        "encoder": run_manifest["config"]["encoder"],
+        "vectors": indexed,
+        "shards": [{k: v for k, v in s.items()} for s in shards],
+        "code_version": code_version(),
+        "config": config.model_dump(mode="json"),
+        "timings": {"train_s": round(train_s, 3), "add_s": round(add_s, 3),
+                    "total_s": round(time.perf_counter() - started, 3)},
+        "finished_at": now(),
+    }
+    storage.write_bytes(xindex.IndexLayout(config.index_root).manifest, json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def format_summary(manifest: dict[str, Any]) -> str:
+    sizes = ", ".join(f"{s['vectors']:,}" for s in manifest["shards"])
+    return (f"index:  {manifest['factory']} ({manifest['dim']}-d, inner product), trained on "
+            f"{manifest['train_sample']:,} vectors, nprobe {manifest['nprobe']}\n"
+            f"shards: {len(manifest['shards'])} ({sizes} vectors; {manifest['vectors']:,} in all)\n"
+            f"time:   {manifest['timings']['total_s']:.1f}s")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    setup_logging()
+    args, config = parse_job_args("Build a sharded IVF-PQ index from an indexing run.", argv, IndexBuildConfig)
+    connect_ray(args.address)
+    manifest = build_index(config)
+    print(format_summary(manifest), flush=True)
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

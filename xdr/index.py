@@ -1,0 +1,163 @@
+"""Sharded IVF(-PQ) FAISS index over a run's embeddings: train on a sample, add parts in parallel,
+merge into S serving shards.
+
+Every passage gets an int64 id: its row number in the run (embedding parts in order). Each serving shard
+is one FAISS file plus a Parquet table mapping its int64 ids to passage ids (and, optionally, the
+passages' title and text for answering with text). Work is split so that no step holds the corpus:
+training holds the sample, adding holds one part, merging holds one serving shard plus one partial index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from xdr.layout import RunLayout
+from xdr.storage import FileRecord, Storage, join
+
+MIN_POINTS_PER_CENTROID = 39  # below this FAISS k-means warns and centroids are poor
+PQ_TRAIN_POINTS = 256 * MIN_POINTS_PER_CENTROID  # 8-bit PQ codebooks want this many training points
+
+
+def default_factory(n_vectors: int, dim: int) -> str:
+    """IVF with about 4*sqrt(N) lists (a power of two, >= 39 points per list), PQ with 8-bit codes and
+    about dim/12 sub-quantizers (PQ64 for 768-d, METHOD/NOTES). Corpora too small to train 8-bit PQ
+    keep full vectors in the lists (IVF*,Flat) so the sharding machinery stays the same."""
+    nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(n_vectors)))))
+    while nlist > 1 and n_vectors / nlist < MIN_POINTS_PER_CENTROID:
+        nlist //= 2
+    if n_vectors < PQ_TRAIN_POINTS:
+        return f"IVF{nlist},Flat"
+    m = max(d for d in range(1, max(1, dim // 12) + 1) if dim % d == 0)
+    return f"IVF{nlist},PQ{m}np"
+
+
+def vectors_of(table: pa.Table) -> np.ndarray:
+    """The `embedding` column of an embeddings table as float32 [N, dim]."""
+    column = table["embedding"].combine_chunks()
+    dim = column.type.list_size
+    return column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+
+
+def train_index(factory: str, sample: np.ndarray, *, seed: int = 0) -> faiss.Index:
+    """An empty, trained index for inner-product search."""
+    index = faiss.index_factory(sample.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed  # deterministic k-means
+    if faiss.get_num_gpus() > 0:  # faiss-gpu: train the coarse quantizer on the GPU
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(sample.shape[1]))
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index
+
+
+def to_bytes(index: faiss.Index) -> bytes:
+    return faiss.serialize_index(index).tobytes()
+
+
+def from_bytes(data: bytes) -> faiss.Index:
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    faiss.extract_index_ivf(index).nprobe = nprobe
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """Files under <run>/index/."""
+
+    root: str
+
+    @classmethod
+    def of_run(cls, run_uri: str) -> IndexLayout:
+        return cls(join(run_uri, "index"))
+
+    @property
+    def trained(self) -> str:
+        return join(self.root, "trained.faissindex")
+
+    def partial(self, part: int) -> str:
+        return join(self.root, "partials", f"part-{part:05d}.faissindex")
+
+    def shard(self, shard: int) -> str:
+        return join(self.root, f"shard-{shard:03d}.faissindex")
+
+    def shard_docs(self, shard: int) -> str:
+        return join(self.root, f"shard-{shard:03d}.docs.parquet")
+
+    @property
+    def manifest(self) -> str:
+        return join(self.root, "manifest.json")
+
+
+def part_offsets(rows_per_part: list[int]) -> list[int]:
+    """int64 id of each part's first passage: the running row count."""
+    return [int(x) for x in np.concatenate([[0], np.cumsum(rows_per_part)[:-1]])] if rows_per_part else []
+
+
+def sample_rows(rows_per_part: list[int], sample_size: int, seed: int) -> list[np.ndarray]:
+    """A uniform sample without replacement over all rows, as sorted row indices per part."""
+    total = sum(rows_per_part)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(sample_size, total), replace=False))
+    offsets = part_offsets(rows_per_part) + [total]
+    return [chosen[(chosen >= offsets[p]) & (chosen < offsets[p + 1])] - offsets[p] for p in range(len(rows_per_part))]
+
+
+def read_sample(storage: Storage, run_uri: str, rows_per_part: list[int], sample_size: int, seed: int) -> np.ndarray:
+    """Read only the sampled rows' vectors, one part at a time."""
+    layout = RunLayout(run_uri)
+    pieces = []
+    for part, rows in enumerate(sample_rows(rows_per_part, sample_size, seed)):
+        if len(rows):
+            table = storage.read_table(layout.part("embeddings", part), columns=["embedding"])
+            pieces.append(vectors_of(table.take(pa.array(rows))))
+    return np.concatenate(pieces)
+
+
+def add_part(storage: Storage, run_uri: str, index_root: str, part: int, id_offset: int) -> FileRecord:
+    """Add one embeddings part to a copy of the trained index; write it as a partial index."""
+    layout = IndexLayout(index_root)
+    out = layout.partial(part)
+    if storage.exists(out):
+        return storage.record(out)
+    index = from_bytes(storage.read_bytes(layout.trained))
+    table = storage.read_table(RunLayout(run_uri).part("embeddings", part), columns=["embedding"])
+    vectors = vectors_of(table)
+    index.add_with_ids(vectors, np.arange(id_offset, id_offset + len(vectors), dtype=np.int64))
+    return storage.write_bytes(out, to_bytes(index))
+
+
+def shard_plan(n_parts: int, n_shards: int) -> list[list[int]]:
+    """Contiguous runs of parts per serving shard, as even as possible; never an empty shard."""
+    n_shards = max(1, min(n_shards, n_parts))
+    bounds = np.linspace(0, n_parts, n_shards + 1).round().astype(int)
+    return [list(range(bounds[s], bounds[s + 1])) for s in range(n_shards)]
+
+
+def merge_shard(storage: Storage, run_uri: str, index_root: str, shard: int, parts: list[int],
+                offsets: list[int], *, with_text: bool) -> dict:
+    """Merge the partial indexes of `parts` into serving shard `shard`; write it and its docs table."""
+    layout, run = IndexLayout(index_root), RunLayout(run_uri)
+    out = layout.shard(shard)
+    docs_columns = ["id", "title", "text"] if with_text else ["id"]
+    if storage.exists(out):  # committed by an earlier attempt
+        records = [storage.record(out), storage.record(layout.shard_docs(shard))]
+        vectors = storage.read_table(layout.shard_docs(shard), columns=["faiss_id"]).num_rows
+    else:
+        docs = []
+        merged = from_bytes(storage.read_bytes(layout.trained))
+        for part in parts:
+            partial = from_bytes(storage.read_bytes(layout.partial(part)))
+            faiss.extract_index_ivf(merged).merge_from(faiss.extract_index_ivf(partial), 0)
+            del partial
+            table = storage.read_table(run.part("passages", part), columns=docs_columns)
+            docs.append(table.add_column(0, "faiss_id", pa.array(
+                np.arange(offsets[part], offsets[part] + table.num_rows, dtype=np.int64))))
+        docs_record = storage.write_table(layout.shard_docs(shard), pa.concat_tables(docs))
+        records = [storage.write_bytes(out, to_bytes(merged)), docs_record]  # the index last: it marks done
+        vectors = merged.ntotal
+    return {"shard": shard, "parts": parts, "vectors": int(vectors), "files": [vars(r) for r in records]}

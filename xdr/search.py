@@ -1,0 +1,124 @@
+"""Searching a sharded index: each shard answers its top-k, the caller merges them into a global top-k.
+
+`ShardSearcher` is one serving shard (one Ray Serve replica holds one); `merge_topk` combines their
+answers; `ShardedSearcher` does both in one process; `ExactSearcher` is brute-force inner product over
+the same embeddings, for evaluation and recall measurements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xdr.index import IndexLayout, set_nprobe, vectors_of
+from xdr.layout import RunLayout
+from xdr.storage import Storage, is_s3
+
+
+@dataclass
+class Hits:
+    """Per query, ranked: scores float32 [Q, k] and passage ids (None where fewer than k were found)."""
+
+    scores: np.ndarray
+    ids: list[list[str | None]]
+
+
+def merge_topk(scores: list[np.ndarray], faiss_ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard results ([Q, k_s] each, -1 ids for missing) into a global top-k.
+
+    Ties are broken by the smaller int64 id, so the result does not depend on shard order.
+    """
+    all_scores = np.concatenate(scores, axis=1)
+    all_ids = np.concatenate(faiss_ids, axis=1)
+    all_scores = np.where(all_ids < 0, -np.inf, all_scores)
+    order = np.lexsort((all_ids, -all_scores), axis=1)[:, :k]
+    return np.take_along_axis(all_scores, order, 1), np.take_along_axis(all_ids, order, 1)
+
+
+def _local_copy(storage: Storage, uri: str, cache_dir: str | None) -> str:
+    """A local path for the file: itself if local, else a cached download (kept across restarts)."""
+    if not is_s3(uri):
+        return storage.filesystem(uri)[1]
+    cache = Path(cache_dir or os.environ.get("XDR_CACHE", Path.home() / ".cache" / "xdr"))
+    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(uri).name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".download")
+        tmp.write_bytes(storage.read_bytes(uri))
+        tmp.replace(target)
+    return str(target)
+
+
+class ShardSearcher:
+    """One serving shard: its FAISS index and its int64 -> passage table."""
+
+    def __init__(self, index_root: str, shard: int, *, storage: Storage | None = None, cache_dir: str | None = None,
+                 nprobe: int | None = None):
+        self.storage = storage or Storage()
+        layout = IndexLayout(index_root)
+        self.manifest = json.loads(self.storage.read_bytes(layout.manifest))
+        self.index = faiss.read_index(_local_copy(self.storage, layout.shard(shard), cache_dir))
+        self.docs = pq.read_table(_local_copy(self.storage, layout.shard_docs(shard), cache_dir))
+        self._first_id = int(self.docs["faiss_id"][0].as_py()) if self.docs.num_rows else 0
+        self.nprobe = nprobe or self.manifest["nprobe"]
+
+    @property
+    def size(self) -> int:
+        return self.index.ntotal
+
+    def search(self, query_emb: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """query_emb float32 [Q, d] -> (scores [Q, k], int64 ids [Q, k]; -1 where missing)."""
+        set_nprobe(self.index, nprobe or self.nprobe)
+        return self.index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
+
+    def lookup(self, faiss_ids: np.ndarray, columns: tuple[str, ...] = ("id",)) -> list[dict]:
+        """Rows of the docs table for ids of this shard (its ids are contiguous from its first id)."""
+        rows = self.docs.take(pa.array(np.asarray(faiss_ids, dtype=np.int64) - self._first_id))
+        return rows.select(list(columns)).to_pylist()
+
+
+class ShardedSearcher:
+    """All shards in one process: search each, merge the top-k."""
+
+    def __init__(self, index_root: str, *, storage: Storage | None = None, cache_dir: str | None = None):
+        self.storage = storage or Storage()
+        self.manifest = json.loads(self.storage.read_bytes(IndexLayout(index_root).manifest))
+        self.shards = [ShardSearcher(index_root, s["shard"], storage=self.storage, cache_dir=cache_dir)
+                       for s in self.manifest["shards"]]
+
+    def search(self, query_emb: np.ndarray, k: int, nprobe: int | None = None) -> Hits:
+        results = [shard.search(query_emb, k, nprobe) for shard in self.shards]
+        scores, ids = merge_topk([r[0] for r in results], [r[1] for r in results], k)
+        return Hits(scores, self.passage_ids(ids))
+
+    def passage_ids(self, faiss_ids: np.ndarray) -> list[list[str | None]]:
+        lookup = {}
+        for shard in self.shards:
+            wanted = faiss_ids[(faiss_ids >= shard._first_id) & (faiss_ids < shard._first_id + shard.size)]
+            lookup.update(zip(wanted.tolist(), (r["id"] for r in shard.lookup(wanted))))
+        return [[lookup.get(i) for i in row] for row in faiss_ids.tolist()]
+
+
+class ExactSearcher:
+    """Brute-force inner product over a run's embeddings (all in memory: for evaluation sizes)."""
+
+    def __init__(self, run_uri: str, *, storage: Storage | None = None):
+        storage = storage or Storage()
+        files = storage.list_files(RunLayout(run_uri).folder("embeddings"), suffix=".parquet")
+        table = pa.concat_tables([storage.read_table(f, columns=["id", "embedding"]) for f in files])
+        self.ids = table["id"].to_pylist()
+        vectors = vectors_of(table)
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        self.index.add(vectors)
+
+    def search(self, query_emb: np.ndarray, k: int) -> Hits:
+        scores, rows = self.index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
+        return Hits(scores, [[self.ids[r] if r >= 0 else None for r in row] for row in rows.tolist()])
