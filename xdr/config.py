@@ -174,7 +174,8 @@ class ServeConfig(_Section):
     """The Ray Serve endpoint over a built index."""
 
     index: str = Field(..., description="Index folder (local path or s3://), as written by the build job.")
-    encoder: EncoderConfig = Field(EncoderConfig(), description="Query encoder; must be the indexing encoder.")
+    encoder: EncoderConfig | None = Field(
+        None, description="Query encoder. Default: the encoder of the indexing run, from the index manifest.")
     host: str = Field("127.0.0.1", description="HTTP bind address (loopback unless you open it on purpose).")
     port: int = Field(8000, gt=0, lt=65536, description="HTTP port.")
     max_queries: int = Field(64, gt=0, description="Most queries in one request.")

@@ -1,0 +1,99 @@
+"""The Serve endpoint over real HTTP on a local Ray, with the index built by the Ray job on S3 (SeaweedFS)."""
+
+import json
+
+import numpy as np
+import pytest
+import requests
+
+from ray_jobs.build_index import build_index
+from ray_jobs.index_corpus import run_indexing
+from tests.conftest import make_config
+from tests.s3_server import free_port
+from xdr.config import IndexBuildConfig, ServeConfig
+from xdr.encoder import make_encoder
+from xdr.search import ShardedSearcher
+
+TOKEN = "s3cret-token"
+PASSAGES = [{"id": f"w{i:02d}", "title": f"Topic {i}", "text": f"passage number {i} about subject {i % 5}"}
+            for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_local, s3_server, tiny_models, tmp_path_factory):
+    from ray import serve
+
+    from ray_jobs import serve_app
+
+    bucket = s3_server.bucket
+    s3_server.client().put_object(Bucket=bucket, Key="serve/c.jsonl",
+                                  Body="".join(json.dumps(p) + "\n" for p in PASSAGES).encode())
+    run = f"s3://{bucket}/serve/run"
+    job = make_config(tiny_models, f"s3://{bucket}/serve/c.jsonl", run, corpus={"passages_per_part": 10})
+    run_indexing(job)
+    manifest = build_index(IndexBuildConfig(run=run, shards=3, nprobe=2))
+    token_file = tmp_path_factory.mktemp("token") / "token"
+    token_file.write_text(TOKEN + "\n")
+    config = ServeConfig(index=f"{run}/index", port=free_port(), token_file=str(token_file), max_queries=4,
+                         max_query_chars=100, max_k=20, cache_dir=str(tmp_path_factory.mktemp("cache")),
+                         encoder_replicas=(1, 1), shard_replicas=(1, 1), replica_cpus=0.1)
+    url = serve_app.start(config, name="xdr-test")
+    yield url, config, manifest, job
+    serve.shutdown()
+
+
+def _post(url, body, token=TOKEN, **kw):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{url}/search", data=body if isinstance(body, str) else json.dumps(body),
+                         headers={**headers, "Content-Type": "application/json"}, timeout=60, **kw)
+
+
+@pytest.mark.slow
+def test_search_over_http_matches_in_process_search(endpoint):
+    url, config, manifest, job = endpoint
+    assert manifest["vectors"] == 40 and len(manifest["shards"]) == 3
+    queries = ["passage number 7", "subject 3", "Topic 21 passage"]
+    response = _post(url, {"queries": queries, "k": 5, "return_text": True})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    expected = ShardedSearcher(config.index).search(make_encoder(job.encoder).encode_queries(queries), k=5)
+    assert [[h["id"] for h in row] for row in results] == expected.ids
+    np.testing.assert_allclose([[h["score"] for h in row] for row in results], expected.scores, rtol=1e-4)
+    by_id = {p["id"]: p for p in PASSAGES}
+    assert all(h["text"] == by_id[h["id"]]["text"] and h["title"] == by_id[h["id"]]["title"]
+               for row in results for h in row)
+    plain = _post(url, {"queries": queries[:1], "k": 3, "nprobe": 1}).json()["results"][0]
+    assert len(plain) == 3 and "text" not in {k for h in plain for k, v in h.items() if v is not None}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body, status, message", [
+    ({"queries": []}, 400, "queries is empty"),
+    ({"queries": ["  "]}, 400, "queries[0] is empty"),
+    ({"queries": ["a"] * 5}, 400, "at most 4 per request"),
+    ({"queries": ["x" * 101]}, 400, "at most 100"),
+    ({"queries": ["a"], "k": 0}, 400, "k=0 is out of range; expected 1..20"),
+    ({"queries": ["a"], "k": 21}, 400, "k=21 is out of range"),
+    ({"queries": ["a"], "nprobe": 0}, 400, "nprobe=0 is out of range"),
+    ({"queries": ["a"], "nprobe": 9999}, 400, "nprobe=9999 is out of range"),
+    ({"queries": [3]}, 422, "string"),
+    ({"queries": "a question"}, 422, "list"),
+    ({"query": ["a"]}, 422, "queries"),
+    ('{"queries": ["a"', 422, "JSON"),
+])
+def test_bad_requests_get_a_4xx_saying_what_is_wrong(endpoint, body, status, message):
+    response = _post(endpoint[0], body)
+    assert response.status_code == status, response.text
+    assert message.lower() in response.text.lower()
+
+
+@pytest.mark.slow
+def test_token_is_required_and_health_and_schema_are_served(endpoint):
+    url = endpoint[0]
+    assert _post(url, {"queries": ["a"]}, token=None).status_code == 401
+    assert _post(url, {"queries": ["a"]}, token="wrong").status_code == 401
+    assert requests.get(f"{url}/info", timeout=30).status_code == 401
+    info = requests.get(f"{url}/info", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
+    assert info["vectors"] == 40 and info["shards"] == 3 and info["factory"] == "IVF1,Flat"
+    assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    assert "/search" in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
