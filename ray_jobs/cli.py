@@ -1,7 +1,11 @@
 """The `xdr` command: one subcommand per job.
 
-    xdr demo                      build tiny offline models and index the sample corpus on a local Ray
-    xdr index --config FILE ...   the indexing job (same as python -m ray_jobs.index_corpus)
+    xdr demo                      the whole flow offline on a local Ray: index the sample corpus, build the
+                                  index, serve it on 127.0.0.1, ask questions in six languages over HTTP
+    xdr index --config FILE ...   the indexing job (python -m ray_jobs.index_corpus)
+    xdr build-index --run URI ... the index build job (python -m ray_jobs.build_index)
+    xdr serve --index URI ...     the search endpoint on this machine's Ray (Ctrl-C stops it)
+    xdr search QUESTION ...       ask a running endpoint
     xdr build-tiny-models DIR     the offline test/demo models
     xdr config-reference          every config field with its default and meaning (Markdown)
 """
@@ -19,15 +23,29 @@ import yaml
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "xdr" / "data" / "demo.yaml"
 
 
+DEMO_QUESTIONS = [
+    "What is the highest mountain in Africa?",          # English
+    "Wer hat das Penicillin entdeckt?",                 # German
+    "Какая самая длинная река в Европе?",               # Russian
+    "日本で一番高い山は何ですか？",                        # Japanese
+    "한글은 언제 만들어졌습니까?",                          # Korean
+    "ما هي أكبر صحراء حارة في العالم؟",                 # Arabic
+]
+
+
 def _demo(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="xdr demo", description="Index the shipped sample corpus offline.")
-    parser.add_argument("--output", default="demo-output", help="folder for the models and the run")
+    parser = argparse.ArgumentParser(prog="xdr demo", description="The whole flow, offline, on a local Ray.")
+    parser.add_argument("--output", default="demo-output", help="folder for the models, the run and the index")
     parser.add_argument("--resume", action="store_true", help="keep an earlier demo run and resume it")
+    parser.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args(argv)
 
-    from ray_jobs import index_corpus
-    from xdr import tiny_models
-    from xdr.config import IndexingJobConfig
+    import ray
+    from ray import serve
+
+    from ray_jobs import build_index, index_corpus, serve_app
+    from xdr import client, tiny_models
+    from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig
 
     out = Path(args.output).resolve()
     run_dir = out / "run"
@@ -38,25 +56,40 @@ def _demo(argv: list[str]) -> None:
     data["output"] = str(run_dir)
     data["corpus"]["path"] = str(tiny_models.SAMPLE_CORPUS)
     data["generator"]["model"] = str(models["generator"])
-    data["encoder"]["model"] = str(models["encoder"])
     config = IndexingJobConfig.model_validate(data)
-
-    import ray
 
     index_corpus.setup_logging()
     ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a stale cluster
     try:
         manifest = index_corpus.run_indexing(config, progress_every_s=1.0)
+        print("\n" + index_corpus.format_summary(manifest))
+        queries = pq.read_table(run_dir / "queries" / "part-00000.parquet").slice(0, 3).to_pylist()
+        print("\nfirst generated queries (tiny random generator: the words are noise, the plumbing is real):")
+        for q in queries:
+            print(f"  {q['passage_id']} [{q['lang']}#{q['qidx']}] {q['text'][:70]}")
+
+        index_manifest = build_index.build_index(IndexBuildConfig(run=str(run_dir), shards=2, nprobe=4))
+        print("\n" + build_index.format_summary(index_manifest))
+
+        port = args.port or _free_port()
+        url = serve_app.start(ServeConfig(index=str(run_dir / "index"), port=port, encoder_replicas=(1, 1),
+                                          shard_replicas=(1, 1), replica_cpus=0.1), name="xdr-demo")
+        print(f"\nsearch endpoint on {url} (POST /search); questions over HTTP, top 3 each:\n")
+        results = client.search(url, DEMO_QUESTIONS, k=3, return_text=True)
+        for question, hits in zip(DEMO_QUESTIONS, results):
+            print(client.format_hits(question, hits) + "\n")
+        serve.shutdown()
     finally:
         ray.shutdown()
-    print("\n" + index_corpus.format_summary(manifest))
-    queries = pq.read_table(run_dir / "queries" / "part-00000.parquet").slice(0, 4).to_pylist()
-    print("\nfirst generated queries (tiny random model: the words are noise, the plumbing is real):")
-    for q in queries:
-        print(f"  {q['passage_id']} [{q['lang']}#{q['qidx']}] {q['text'][:70]}")
-    emb = pq.read_table(run_dir / "embeddings" / "part-00000.parquet")
-    print(f"\nembeddings/part-00000.parquet: {emb.num_rows} rows, {emb.schema.field('embedding').type}")
-    print(f"manifest: {run_dir / 'manifest.json'}")
+    print(f"run folder: {run_dir} (manifest.json, queries/, embeddings/, index/)")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _config_reference(_: list[str]) -> None:
@@ -96,8 +129,56 @@ def _index(argv: list[str]) -> None:
     index_main(argv)
 
 
-COMMANDS = {"demo": _demo, "index": _index, "build-tiny-models": _build_tiny_models,
-            "config-reference": _config_reference}
+def _build_index(argv: list[str]) -> None:
+    from ray_jobs.build_index import main as build_main
+
+    build_main(argv)
+
+
+def _serve(argv: list[str]) -> None:
+    import signal
+
+    from ray import serve
+
+    from ray_jobs import serve_app
+    from ray_jobs.common import connect_ray, parse_job_args, setup_logging
+    from xdr.config import ServeConfig
+
+    setup_logging()
+    args, config = parse_job_args("Serve a built index over HTTP.", argv, ServeConfig)
+    connect_ray(args.address)
+    url = serve_app.start(config)
+    print(f"serving {config.index} on {url} (POST /search, GET /info, /healthz, /docs); Ctrl-C stops it", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        serve.shutdown()
+
+
+def _search(argv: list[str]) -> None:
+    import os
+
+    from xdr import client
+
+    parser = argparse.ArgumentParser(prog="xdr search", description="Ask a running search endpoint.")
+    parser.add_argument("questions", nargs="+")
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--nprobe", type=int)
+    parser.add_argument("--text", action="store_true", help="show titles and text")
+    parser.add_argument("--token", default=os.environ.get("XDR_SERVE_TOKEN"), help="default: $XDR_SERVE_TOKEN")
+    args = parser.parse_args(argv)
+    try:
+        results = client.search(args.url, args.questions, k=args.k, nprobe=args.nprobe, return_text=args.text,
+                                token=args.token)
+    except (client.SearchError, OSError) as err:
+        sys.exit(f"error: {err}")
+    for question, hits in zip(args.questions, results):
+        print(client.format_hits(question, hits))
+
+
+COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,
+            "build-tiny-models": _build_tiny_models, "config-reference": _config_reference}
 
 
 def main(argv: list[str] | None = None) -> None:

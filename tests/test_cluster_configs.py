@@ -1,0 +1,66 @@
+"""cluster/ files validate against Ray's own schemas; KubeRay manifests carry the fields KubeRay requires."""
+
+import copy
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig
+
+CLUSTER = REPO / "cluster"
+
+
+def _load(name):
+    return yaml.safe_load((CLUSTER / name).read_text(encoding="utf-8"))
+
+
+def test_launcher_config_validates_against_rays_cluster_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = _load("aws.yaml")
+    validate_config(prepare_config(copy.deepcopy(config)))  # defaults filled in as `ray up` does
+    gpu_groups = [n for n, t in config["available_node_types"].items() if n.startswith("gpu")]
+    assert gpu_groups and all(config["available_node_types"][n]["min_workers"] == 0 for n in gpu_groups)
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["head"]["max_workerz"] = 1
+    with pytest.raises(Exception, match="max_workerz"):
+        validate_config(prepare_config(broken))
+
+
+def _check_serve_config(serve_config):
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(serve_config) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(serve_config)
+    for app in schema.applications:
+        module, _, attr = app.import_path.partition(":")
+        assert (module, attr) == ("ray_jobs.serve_app", "app_builder")
+        ServeConfig.model_validate(app.args)  # the args are what app_builder accepts
+
+
+def test_serve_config_validates_against_serve_schema_and_our_config():
+    _check_serve_config(_load("serve_config.yaml"))
+
+
+def test_kuberay_manifests_carry_required_fields():
+    cluster = _load("kuberay/raycluster.yaml")
+    job = _load("kuberay/rayjob.yaml")
+    service = _load("kuberay/rayservice.yaml")
+    for doc, kind in ((cluster, "RayCluster"), (job, "RayJob"), (service, "RayService")):
+        assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == kind and doc["metadata"]["name"]
+    specs = [cluster["spec"], job["spec"]["rayClusterSpec"], service["spec"]["rayClusterConfig"]]
+    for spec in specs:
+        assert spec["enableInTreeAutoscaling"] is True
+        assert spec["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+        assert "rayStartParams" in spec["headGroupSpec"]
+        for group in spec["workerGroupSpecs"]:
+            assert group["groupName"] and "rayStartParams" in group and group["template"]["spec"]["containers"]
+            assert 0 <= group["minReplicas"] <= group["maxReplicas"]
+    assert "ray_jobs.index_corpus" in job["spec"]["entrypoint"] and "ray_jobs.build_index" in job["spec"]["entrypoint"]
+    _check_serve_config(yaml.safe_load(service["spec"]["serveConfigV2"]))
+
+
+def test_job_configs_parse():
+    IndexingJobConfig.model_validate(yaml.safe_load((REPO / "configs" / "xor_tydi.yaml").read_text()))
+    IndexBuildConfig.model_validate(_load("build_index.yaml"))
