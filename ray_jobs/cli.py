@@ -93,9 +93,16 @@ def _free_port() -> int:
 
 
 def _config_reference(_: list[str]) -> None:
-    from xdr.config import IndexingJobConfig
+    print(all_config_references())
 
-    print(config_reference(IndexingJobConfig))
+
+def all_config_references() -> str:
+    from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig
+
+    return "\n\n".join(f"### {title}\n\n{config_reference(model)}" for title, model in (
+        ("Indexing job (`xdr index`, `ray_jobs.index_corpus`)", IndexingJobConfig),
+        ("Index build job (`xdr build-index`, `ray_jobs.build_index`)", IndexBuildConfig),
+        ("Search endpoint (`xdr serve`, `ray_jobs.serve_app:app_builder`)", ServeConfig)))
 
 
 def config_reference(model, prefix: str = "") -> str:

@@ -75,13 +75,12 @@ class IndexShard:
     def reconfigure(self, user_config: dict) -> None:
         self.searcher.nprobe = int(user_config.get("nprobe", self.searcher.nprobe))
 
-    def search(self, query_emb: np.ndarray, k: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
-        return self.searcher.search(query_emb, k, nprobe)
-
-    def lookup(self, faiss_ids: np.ndarray, columns: tuple[str, ...]) -> list[dict]:
-        mine = (faiss_ids >= self.searcher._first_id) & (faiss_ids < self.searcher._first_id + self.searcher.size)
-        rows = self.searcher.lookup(faiss_ids[mine], columns)
-        return [dict(row, faiss_id=int(i)) for i, row in zip(faiss_ids[mine].tolist(), rows)]
+    def search(self, query_emb: np.ndarray, k: int, nprobe: int | None,
+               columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict[int, dict]]:
+        """This shard's top-k, with the docs of its hits (one round trip per shard)."""
+        scores, ids = self.searcher.search(query_emb, k, nprobe)
+        found = np.unique(ids[ids >= 0])
+        return scores, ids, dict(zip(found.tolist(), self.searcher.lookup(found, columns)))
 
     def check_health(self) -> None:
         if self.searcher.size <= 0:
@@ -129,12 +128,11 @@ class Router:
         self._validate(request)
         start = time.perf_counter()
         query_emb = await self.encoder.encode.remote(request.queries)
-        answers = await asyncio.gather(*(s.search.remote(query_emb, request.k, request.nprobe) for s in self.shards))
-        scores, ids = merge_topk([a[0] for a in answers], [a[1] for a in answers], request.k)
         columns = ("id", "title", "text") if request.return_text else ("id",)
-        found = ids[ids >= 0]
-        rows = await asyncio.gather(*(s.lookup.remote(found, columns) for s in self.shards))
-        docs = {row.pop("faiss_id"): row for shard_rows in rows for row in shard_rows}
+        answers = await asyncio.gather(*(s.search.remote(query_emb, request.k, request.nprobe, columns)
+                                         for s in self.shards))
+        scores, ids = merge_topk([a[0] for a in answers], [a[1] for a in answers], request.k)
+        docs = {i: row for a in answers for i, row in a[2].items()}
         results = [[Hit(score=float(score), **docs[i]) for score, i in zip(s_row, i_row) if i >= 0]
                    for s_row, i_row in zip(scores.tolist(), ids.tolist())]
         return SearchResponse(results=results, took_ms=round(1000 * (time.perf_counter() - start), 2))

