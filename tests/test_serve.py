@@ -58,7 +58,8 @@ def test_search_over_http_matches_in_process_search(endpoint):
     response = _post(url, {"queries": queries, "k": 5, "return_text": True})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
-    expected = ShardedSearcher(config.index, cache_dir=config.cache_dir).search(make_encoder(job.encoder).encode_queries(queries), k=5)
+    searcher = ShardedSearcher(config.index, cache_dir=config.cache_dir)
+    expected = searcher.search(make_encoder(job.encoder).encode_queries(queries), k=5)
     assert [[h["id"] for h in row] for row in results] == expected.ids
     np.testing.assert_allclose([[h["score"] for h in row] for row in results], expected.scores, rtol=1e-4)
     by_id = {p["id"]: p for p in PASSAGES}
@@ -96,7 +97,7 @@ def test_token_is_required_and_health_and_schema_are_served(endpoint):
     assert _post(url, {"queries": ["a"]}, token="wrong").status_code == 401
     assert requests.get(f"{url}/info", timeout=30).status_code == 401
     info = requests.get(f"{url}/info", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
-    assert info["vectors"] == 36 and info["shards"] == 3 and info["encoder"] == "usem3" and info["factory"] == "IVF1,Flat"
+    assert (info["vectors"], info["shards"], info["encoder"], info["factory"]) == (36, 3, "usem3", "IVF1,Flat")
     assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
     assert "/search" in requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
 
