@@ -33,6 +33,8 @@ from xdr.search import ExactSearcher, ShardedSearcher  # noqa: E402
 from xdr.storage import Storage  # noqa: E402
 from xdr.synthetic import clustered_vectors, write_run  # noqa: E402
 
+# Overlapping clusters (noise as large as the centres), so that IVF probing and PQ both matter.
+CLUSTERS, SPREAD = 256, 1.0
 QUESTIONS = ["What is the highest mountain in Africa?", "Wer hat das Penicillin entdeckt?",
              "Какая самая длинная река в Европе?", "日本で一番高い山は何ですか？", "한글은 언제 만들어졌습니까?",
              "ما هي أكبر صحراء حارة في العالم؟", "Who founded Saint Petersburg?", "¿Dónde está el Mar Muerto?"]
@@ -67,7 +69,7 @@ def build(work: Path, n: int, dim: int, factory: str, train_sample: int, shards:
     run = work / f"run-{n}-{dim}"
     if run.exists():
         shutil.rmtree(run)
-    vectors = clustered_vectors(n, dim, clusters=1000, seed=n)
+    vectors = clustered_vectors(n, dim, clusters=CLUSTERS, spread=SPREAD, seed=n)
     write_run(Storage(), str(run), vectors, part_size=50_000)
     del vectors
     cmd = [sys.executable, "-m", "ray_jobs.build_index", "--address", "local", f"--run={run}",
@@ -80,7 +82,7 @@ def build(work: Path, n: int, dim: int, factory: str, train_sample: int, shards:
 
 
 def recall(run: str, dim: int, nprobes: list[int], n_queries: int = 500) -> list[dict]:
-    queries = clustered_vectors(n_queries, dim, clusters=1000, seed=12345)  # same centres as the corpus
+    queries = clustered_vectors(n_queries, dim, clusters=CLUSTERS, spread=SPREAD, seed=12345)  # corpus's centres
     exact = ExactSearcher(run).search(queries, k=100).ids
     searcher = ShardedSearcher(f"{run}/index")
     rows = []

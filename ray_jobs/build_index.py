@@ -47,6 +47,23 @@ def _train(storage: Storage, config: IndexBuildConfig, rows_per_part: list[int])
     return {"factory": factory, "dim": dim, "nlist": nlist, "train_sample": min(sample_size, total)}
 
 
+def _check_settings(storage: Storage, config: IndexBuildConfig) -> None:
+    """Record what this index is built with; refuse to resume a folder built with other settings
+    (its trained index and partial files would be silently reused)."""
+    uri = xindex.IndexLayout(config.index_root).settings
+    settings = config.model_dump(mode="json", include={"run", "factory", "train_sample", "shards", "with_text",
+                                                        "seed"})
+    if storage.exists(uri):
+        previous = json.loads(storage.read_bytes(uri))
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        if changed:
+            details = "; ".join(f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
+            raise ValueError(f"{config.index_root} holds an index built with other settings ({details}); "
+                             "choose another output folder or delete it")
+    else:
+        storage.write_bytes(uri, json.dumps(settings, indent=2).encode())
+
+
 def build_index(config: IndexBuildConfig) -> dict[str, Any]:
     config = config.model_copy(update={"storage": Storage(config.storage).resolved()})
     storage = Storage(config.storage)
@@ -55,6 +72,7 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
     if run_manifest.get("status") != "complete":
         raise ValueError(f"{config.run} is not a finished indexing run (status {run_manifest.get('status')!r}); "
                          "rerun the indexing job to finish it first")
+    _check_settings(storage, config)
     layout = RunLayout(config.run)
     parts = run_manifest["counts"]["parts"]
     rows_per_part = [storage.parquet_rows(layout.part("embeddings", p)) for p in range(parts)]

@@ -126,3 +126,14 @@ def test_rerun_skips_committed_files_and_rebuilds_missing_ones(tmp_path):
     assert shard0.stat().st_mtime_ns == mtime
     assert [s["vectors"] for s in again] == [s["vectors"] for s in first] == [20, 20]
     assert again[0]["files"] == first[0]["files"]
+
+
+def test_build_refuses_a_folder_built_with_other_settings(tmp_path):
+    from ray_jobs.build_index import _check_settings
+    from xdr.config import IndexBuildConfig
+
+    storage = Storage()
+    _check_settings(storage, IndexBuildConfig(run=str(tmp_path / "run"), factory="IVF4,Flat"))
+    _check_settings(storage, IndexBuildConfig(run=str(tmp_path / "run"), factory="IVF4,Flat", nprobe=9))  # serving
+    with pytest.raises(ValueError, match=r"other settings \(factory: 'IVF4,Flat' -> 'IVF8,Flat'\)"):
+        _check_settings(storage, IndexBuildConfig(run=str(tmp_path / "run"), factory="IVF8,Flat"))

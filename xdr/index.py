@@ -93,6 +93,10 @@ class IndexLayout:
     def manifest(self) -> str:
         return join(self.root, "manifest.json")
 
+    @property
+    def settings(self) -> str:
+        return join(self.root, "build-settings.json")
+
 
 def part_offsets(rows_per_part: list[int]) -> list[int]:
     """int64 id of each part's first passage: the running row count."""
