@@ -6,6 +6,7 @@
     xdr build-index --run URI ... the index build job (python -m ray_jobs.build_index)
     xdr serve --index URI ...     the search endpoint on this machine's Ray (Ctrl-C stops it)
     xdr search QUESTION ...       ask a running endpoint
+    xdr evaluate KIND ...         metrics on XQuAD-R, XQuAD (oracle xQG), MIRACL-yo, BEIR-style sets
     xdr build-tiny-models DIR     the offline test/demo models
     xdr config-reference          every config field with its default and meaning (Markdown)
 """
@@ -184,8 +185,14 @@ def _search(argv: list[str]) -> None:
         print(client.format_hits(question, hits))
 
 
+def _evaluate(argv: list[str]) -> None:
+    from xdr.eval.run import main as evaluate_main
+
+    evaluate_main(argv)
+
+
 COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,
-            "build-tiny-models": _build_tiny_models, "config-reference": _config_reference}
+            "evaluate": _evaluate, "build-tiny-models": _build_tiny_models, "config-reference": _config_reference}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Evaluation: data set loaders, the published metrics, significance, and experiment drivers."""
