@@ -102,6 +102,7 @@ def endpoint(work: Path, n: int, requests_n: int) -> dict:
     from ray import serve
 
     from ray_jobs import serve_app
+    from ray_jobs.common import free_port
     from xdr import client
     from xdr.config import EncoderConfig, ServeConfig
     from xdr.encoder import make_encoder
@@ -121,7 +122,7 @@ def endpoint(work: Path, n: int, requests_n: int) -> dict:
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
-        url = serve_app.start(ServeConfig(index=index, port=_free_port(), encoder_replicas=(1, 1),
+        url = serve_app.start(ServeConfig(index=index, port=free_port(), encoder_replicas=(1, 1),
                                           shard_replicas=(1, 1), replica_cpus=0.25), name="bench")
         client.search(url, QUESTIONS, k=10)  # warm up every replica
 
@@ -150,14 +151,6 @@ def _latencies(fn, questions: list[str]) -> dict:
     total = time.perf_counter() - start
     return {"qps": round(len(questions) / total, 1), "p50_ms": round(float(np.percentile(times, 50)), 2),
             "p99_ms": round(float(np.percentile(times, 99)), 2)}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

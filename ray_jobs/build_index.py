@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 
-from ray_jobs.common import connect_ray, parse_job_args, setup_logging
+from ray_jobs.common import run_job
 from xdr import index as xindex
 from xdr.config import IndexBuildConfig
 from xdr.layout import RunLayout
@@ -126,12 +126,8 @@ def format_summary(manifest: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    setup_logging()
-    args, config = parse_job_args("Build a sharded IVF-PQ index from an indexing run.", argv, IndexBuildConfig)
-    connect_ray(args.address)
-    manifest = build_index(config)
-    print(format_summary(manifest), flush=True)
-    return manifest
+    return run_job("Build a sharded IVF-PQ index from an indexing run.", argv, IndexBuildConfig, build_index,
+                   format_summary)
 
 
 if __name__ == "__main__":

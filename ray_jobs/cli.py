@@ -45,6 +45,7 @@ def _demo(argv: list[str]) -> None:
     from ray import serve
 
     from ray_jobs import build_index, index_corpus, serve_app
+    from ray_jobs.common import free_port, setup_logging
     from xdr import client, tiny_models
     from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig
 
@@ -59,7 +60,7 @@ def _demo(argv: list[str]) -> None:
     data["generator"]["model"] = str(models["generator"])
     config = IndexingJobConfig.model_validate(data)
 
-    index_corpus.setup_logging()
+    setup_logging()
     ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a stale cluster
     try:
         manifest = index_corpus.run_indexing(config, progress_every_s=1.0)
@@ -72,7 +73,7 @@ def _demo(argv: list[str]) -> None:
         index_manifest = build_index.build_index(IndexBuildConfig(run=str(run_dir), shards=2, nprobe=4))
         print("\n" + build_index.format_summary(index_manifest))
 
-        port = args.port or _free_port()
+        port = args.port or free_port()
         url = serve_app.start(ServeConfig(index=str(run_dir / "index"), port=port, encoder_replicas=(1, 1),
                                           shard_replicas=(1, 1), replica_cpus=0.1), name="xdr-demo")
         print(f"\nsearch endpoint on {url} (POST /search); questions over HTTP, top 3 each:\n")
@@ -83,14 +84,6 @@ def _demo(argv: list[str]) -> None:
     finally:
         ray.shutdown()
     print(f"run folder: {run_dir} (manifest.json, queries/, embeddings/, index/)")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config_reference(_: list[str]) -> None:

@@ -62,3 +62,22 @@ def gpus_per_actor(configured: float | None) -> float:
     if configured is not None:
         return configured
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def run_job(description: str, argv: list[str] | None, model_cls, job, summary) -> dict:
+    """The body of every job's main(): arguments and config, logging, Ray, the job, its summary."""
+    setup_logging()
+    args, config = parse_job_args(description, argv, model_cls)
+    connect_ray(args.address)
+    manifest = job(config)
+    print(summary(manifest), flush=True)
+    return manifest
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

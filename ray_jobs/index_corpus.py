@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from ray_jobs.common import connect_ray, gpus_per_actor, parse_job_args, setup_logging
+from ray_jobs.common import gpus_per_actor, run_job
 from xdr.config import IndexingJobConfig
 from xdr.corpus import PrepareSummary, prepare_parts
 from xdr.layout import RunLayout
@@ -140,12 +140,8 @@ def format_summary(manifest: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    setup_logging()
-    args, config = parse_job_args("Generate queries, encode and fuse a corpus into embedding shards.", argv)
-    connect_ray(args.address)
-    manifest = run_indexing(config)
-    print(format_summary(manifest), flush=True)
-    return manifest
+    return run_job("Generate queries, encode and fuse a corpus into embedding shards.", argv, IndexingJobConfig,
+                   run_indexing, format_summary)
 
 
 if __name__ == "__main__":
