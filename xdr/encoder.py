@@ -36,15 +36,16 @@ def passage_text(title: str, text: str) -> str:
 class Encoder:
     """encode(texts, max_tokens) -> float32 [N, d] in input order."""
 
-    def __init__(self, config: EncoderConfig, device: str | None = None):
+    def __init__(self, config: EncoderConfig, device: str | None = None, *, model=None, tokenizer=None):
+        """Loads `config.model`, unless a model and tokenizer already in memory are given (benchmarks)."""
         if config.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {config.pooling!r}; expected one of {', '.join(POOLINGS)}")
         self.config = config
         self.device = pick_device(device)
         self.dtype = pick_dtype(config.dtype, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision)
-        self.model = AutoModel.from_pretrained(config.model, revision=config.revision, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model, revision=config.revision)
+        self.model = model or AutoModel.from_pretrained(config.model, revision=config.revision, dtype=self.dtype)
+        self.model.to(device=self.device, dtype=self.dtype).eval()
 
     @property
     def dim(self) -> int:
@@ -69,8 +70,14 @@ class Encoder:
                 yield span, ids
 
         for span, token_ids in prefetch(tokenized_chunks()):
-            for batch in length_sorted_batches([len(t) for t in token_ids], self.config.batch_size):
-                out[np.asarray(span)[batch]] = self._forward([token_ids[i] for i in batch]).numpy()
+            out[span.start: span.stop] = self.encode_ids(token_ids)
+        return out
+
+    def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Already tokenised texts -> float32 [N, d], in length-sorted batches."""
+        out = np.zeros((len(token_ids), self.dim), dtype=np.float32)
+        for batch in length_sorted_batches([len(t) for t in token_ids], self.config.batch_size):
+            out[batch] = self._forward([token_ids[i] for i in batch]).numpy()
         return out
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:

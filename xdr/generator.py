@@ -76,13 +76,15 @@ class KeyedTopKSampler(LogitsProcessor):
 class QueryGenerator:
     """Generates `queries_per_language` queries per passage and language with a HF seq2seq model."""
 
-    def __init__(self, config: GeneratorConfig, device: str | None = None):
+    def __init__(self, config: GeneratorConfig, device: str | None = None, *, model=None, tokenizer=None):
+        """Loads `config.model`, unless a model and tokenizer already in memory are given (benchmarks)."""
         self.config = config
         self.device = pick_device(device)
         self.dtype = pick_dtype(config.dtype, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(config.model, revision=config.revision, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model, revision=config.revision)
+        self.model = model or AutoModelForSeq2SeqLM.from_pretrained(config.model, revision=config.revision,
+                                                                    dtype=self.dtype)
+        self.model.to(device=self.device, dtype=self.dtype).eval()
         model_gen = self.model.generation_config
         pad_id = model_gen.pad_token_id if model_gen.pad_token_id is not None else self.tokenizer.pad_token_id
         self.sampler = KeyedTopKSampler(config.top_k, config.temperature, banned_token_ids=[pad_id])
@@ -110,6 +112,15 @@ class QueryGenerator:
         n = self.config.queries_per_language
         return [texts[i * n: (i + 1) * n] for i in range(len(token_ids))]
 
+    def generate_ids(self, token_ids: Sequence[Sequence[int]], keys: Sequence[Sequence[int]]) -> list[list[str]]:
+        """Tokenised prompts and their sequence keys (one per query) -> the queries of each prompt, generated
+        in length-sorted batches of `batch_size` prompts."""
+        out: list[list[str] | None] = [None] * len(token_ids)
+        for batch in length_sorted_batches([len(t) for t in token_ids], self.config.batch_size):
+            for i, texts in zip(batch, self._generate_batch([token_ids[i] for i in batch], [keys[i] for i in batch])):
+                out[i] = texts
+        return out
+
     def generate(self, passages: Sequence[dict]) -> list[dict]:
         """passages: dicts with id, title, text. Returns query rows (passage_id, lang, qidx, text)
         ordered by passage, then language (config order), then qidx."""
@@ -124,11 +135,9 @@ class QueryGenerator:
                 yield span, self._tokenize(prompts)
 
         for span, token_ids in prefetch(tokenized_chunks()):
-            for batch in length_sorted_batches([len(t) for t in token_ids], cfg.batch_size):
-                keys = [[sequence_key(cfg.seed, pairs[span[i]][0]["id"], pairs[span[i]][1], q)
-                         for q in range(cfg.queries_per_language)] for i in batch]
-                for i, texts in zip(batch, self._generate_batch([token_ids[i] for i in batch], keys)):
-                    results[span[i]] = texts
+            keys = [[sequence_key(cfg.seed, pairs[i][0]["id"], pairs[i][1], q) for q in range(cfg.queries_per_language)]
+                    for i in span]
+            results[span.start: span.stop] = self.generate_ids(token_ids, keys)
         return [
             {"passage_id": passage["id"], "lang": lang, "qidx": qidx, "text": text}
             for (passage, lang), texts in zip(pairs, results)

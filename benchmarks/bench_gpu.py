@@ -1,0 +1,220 @@
+"""GPU throughput of the generation and encoding stages against the machine's measured ceilings (issue 5).
+
+    python benchmarks/bench_gpu.py --json gpu.json          # on an H100/H200: realistic model sizes
+    python benchmarks/bench_gpu.py --tiny                    # anywhere: the same code paths, tiny sizes
+
+No Ray and no download: mBERT-base and mT5-base are built from their configs with random weights, inputs
+are synthetic token ids with realistic lengths (passages 130-170 tokens cut to 128, queries 8-32). The
+project's own stage classes (xdr.encoder.Encoder, xdr.generator.QueryGenerator) are measured, side by side
+with the seed-style loop of the public xQG code (fp16 autocast, padded to the longest, batch 128, one
+`generate` call per language). Prints a table; --json writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from xdr.config import EncoderConfig, GeneratorConfig  # noqa: E402
+from xdr.encoder import Encoder  # noqa: E402
+from xdr.generator import QueryGenerator, sequence_key  # noqa: E402
+
+LANGUAGES = ["ar", "bn", "fi", "ja", "ko", "ru", "te"]
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeat: int = 1) -> float:
+    """Seconds per call after one warm-up call."""
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeat
+
+
+def ceilings(device: torch.device, tiny: bool) -> dict:
+    n = 1024 if tiny else 8192
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    matmul_s = timed(lambda: a @ b, repeat=3 if tiny else 20)
+    size = (64 if tiny else 4096) * 2**20
+    src, dst = torch.empty(size, dtype=torch.uint8, device=device), torch.empty(size, dtype=torch.uint8, device=device)
+    copy_s = timed(lambda: dst.copy_(src), repeat=3 if tiny else 20)
+    return {"matmul_tflops": 2 * n**3 / matmul_s / 1e12, "copy_gb_s": 2 * size / copy_s / 1e9, "dtype": str(dtype)}
+
+
+def build_models(tiny: bool):
+    from transformers import BertConfig, BertModel, MT5Config, MT5ForConditionalGeneration
+
+    from xdr.tiny_models import build_tiny_models
+
+    tokenizers = build_tiny_models(REPO / "bench-output" / "models")  # only their tokenizers are used here
+    if tiny:
+        bert = BertConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=256)
+        mt5 = MT5Config(vocab_size=2000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                        num_heads=4, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+    else:
+        bert = BertConfig(vocab_size=119_547, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                          intermediate_size=3072)
+        mt5 = MT5Config(vocab_size=250_112, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12,
+                        num_heads=12, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+    torch.manual_seed(0)
+    return BertModel(bert), MT5ForConditionalGeneration(mt5), tokenizers
+
+
+def synthetic_ids(rng, n: int, low: int, high: int, cut: int, vocab: int) -> list[list[int]]:
+    lengths = np.minimum(rng.integers(low, high + 1, size=n), cut)
+    return [[101, *rng.integers(1000, vocab - 1, size=int(t) - 2).tolist(), 102] for t in lengths]
+
+
+def encoder_flops(model, tokens: int) -> float:
+    """2 x parameters (without embeddings) x tokens + attention (QK^T and AV: 4 x T^2 x d per layer)."""
+    cfg = model.config
+    params = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
+    return 2 * params * tokens + 4 * cfg.num_hidden_layers * tokens**2 * cfg.hidden_size
+
+
+def generator_flops(model, input_tokens: int, new_tokens: int, sequences: int) -> float:
+    """Per prompt: encoder once, decoder (self + cross attention, FFN, LM head) for every generated token
+    of every returned sequence; attention over the KV cache counted at its average length."""
+    cfg = model.config
+    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder.") and "embed" not in n)
+    dec = sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder.") and "embed" not in n)
+    head = cfg.d_model * cfg.vocab_size
+    encoder_part = 2 * enc * input_tokens + 4 * cfg.num_layers * input_tokens**2 * cfg.d_model
+    per_token = 2 * (dec + head) + 4 * cfg.num_decoder_layers * cfg.d_model * (new_tokens / 2 + input_tokens)
+    return encoder_part + sequences * new_tokens * per_token
+
+
+def bench_encoder(model, tokenizer, device, ceiling_tflops, rng, tiny: bool) -> dict:
+    n_pass, n_query = (256, 1024) if tiny else (32_768, 131_072)
+    passages = synthetic_ids(rng, n_pass, 130, 170, 128, model.config.vocab_size)
+    queries = synthetic_ids(rng, n_query, 8, 32, 32, model.config.vocab_size)
+    ours = Encoder(EncoderConfig(model="synthetic", batch_size=512 if not tiny else 64), device=str(device),
+                   model=model, tokenizer=tokenizer)
+    p_s, q_s = timed(lambda: ours.encode_ids(passages)), timed(lambda: ours.encode_ids(queries))
+    p_flops = sum(encoder_flops(ours.model, len(t)) for t in passages)
+    q_flops = sum(encoder_flops(ours.model, len(t)) for t in queries)
+
+    def seed_loop(ids):  # the public code's way: fp16 autocast, padded to the longest, batch 128
+        width = max(len(t) for t in ids)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            for i in range(0, len(ids), 128):
+                chunk = ids[i: i + 128]
+                x = torch.tensor([t + [0] * (width - len(t)) for t in chunk], device=device)
+                ours.model.float()(input_ids=x, attention_mask=(x != 0).long()).last_hidden_state[:, 0].cpu()
+    ref_model = ours.model
+    seed_p_s = timed(lambda: seed_loop(passages))
+    ours.model = ref_model.to(dtype=ours.dtype)
+    # correctness: the fast path against an fp32 reference on the same weights
+    fast = ours.encode_ids(passages[:64])
+    ref = Encoder(EncoderConfig(model="synthetic", dtype="float32", batch_size=64), device=str(device),
+                  model=_copy_fp32(model), tokenizer=tokenizer).encode_ids(passages[:64])
+    rel = float(np.max(np.linalg.norm(fast - ref, axis=1) / np.linalg.norm(ref, axis=1)))
+    return {"passages_per_s": n_pass / p_s, "queries_per_s": n_query / q_s,
+            "passage_flop_fraction": p_flops / p_s / 1e12 / ceiling_tflops,
+            "query_flop_fraction": q_flops / q_s / 1e12 / ceiling_tflops,
+            "seed_loop_passages_per_s": n_pass / seed_p_s, "speedup_vs_seed_loop": seed_p_s / p_s,
+            "max_relative_error_vs_fp32": rel, "dtype": str(ours.dtype)}
+
+
+def _copy_fp32(model):
+    import copy
+
+    return copy.deepcopy(model).float()
+
+
+def bench_generator(model, tokenizer, device, ceiling_tflops, rng, tiny: bool) -> dict:
+    n_passages = 16 if tiny else 2048
+    prompts = synthetic_ids(rng, n_passages * len(LANGUAGES), 130, 170, 128, model.config.vocab_size)
+    keys = [[sequence_key(0, str(i), "x", q) for q in range(5)] for i in range(len(prompts))]
+    results = {}
+    # Random weights never stop on their own: every query runs to exactly `new_tokens` (min = max).
+    for label, new_tokens in (("forced 32 tokens", 32), ("20 tokens (realistic average)", 20)):
+        gen = QueryGenerator(GeneratorConfig(model="synthetic", languages=LANGUAGES, batch_size=32 if tiny else 256,
+                                             max_new_tokens=new_tokens), device=str(device), model=model,
+                             tokenizer=tokenizer)
+        gen.generation_config.min_new_tokens = new_tokens
+        outputs: list = []
+
+        def run(gen=gen, outputs=outputs):
+            outputs.append(gen.generate_ids(prompts, keys))
+
+        seconds = timed(run)
+        valid = all(len(texts) == 5 and all(isinstance(t, str) for t in texts) for texts in outputs[-1])
+        flops = sum(generator_flops(gen.model, len(p), new_tokens, 5) for p in prompts)
+        results[label] = {"passages_per_s": n_passages / seconds,
+                          "flop_fraction": flops / seconds / 1e12 / ceiling_tflops, "outputs_valid": valid}
+
+    def seed_loop():  # one generate call per language, batch 128, padded, fp16 autocast, HF top-k sampling
+        per_lang = len(prompts) // len(LANGUAGES)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            for lang in range(len(LANGUAGES)):
+                chunk_all = prompts[lang * per_lang: (lang + 1) * per_lang]
+                for i in range(0, len(chunk_all), 128):
+                    chunk = chunk_all[i: i + 128]
+                    width = max(len(t) for t in chunk)
+                    x = torch.tensor([t + [0] * (width - len(t)) for t in chunk], device=device)
+                    model.float().generate(input_ids=x, attention_mask=(x != 0).long(), do_sample=True, top_k=10,
+                                           num_return_sequences=5, max_new_tokens=32, min_new_tokens=32)
+    seed_s = timed(seed_loop)
+    results["seed_loop_passages_per_s"] = n_passages / seed_s
+    results["speedup_vs_seed_loop"] = (results["forced 32 tokens"]["passages_per_s"]
+                                       / results["seed_loop_passages_per_s"])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny models and inputs: checks the script anywhere")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rng = np.random.default_rng(0)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    ceiling = ceilings(device, args.tiny)
+    bert, mt5, tokenizers = build_models(args.tiny)
+    from transformers import AutoTokenizer
+
+    enc = bench_encoder(bert, AutoTokenizer.from_pretrained(tokenizers["encoder"]), device, ceiling["matmul_tflops"],
+                        rng, args.tiny)
+    gen = bench_generator(mt5, AutoTokenizer.from_pretrained(tokenizers["generator"]), device,
+                          ceiling["matmul_tflops"], rng, args.tiny)
+    print(f"\ndevice: {name}; torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}; tiny={args.tiny}")
+    print(f"ceilings: matmul {ceiling['matmul_tflops']:.1f} TFLOP/s ({ceiling['dtype']}), "
+          f"copy {ceiling['copy_gb_s']:.0f} GB/s")
+    print(f"encoder ({enc['dtype']}): {enc['passages_per_s']:,.0f} passages/s at 128 tokens "
+          f"({enc['passage_flop_fraction']:.1%} of the matmul ceiling), {enc['queries_per_s']:,.0f} queries/s at <=32 "
+          f"({enc['query_flop_fraction']:.1%}); seed-style loop {enc['seed_loop_passages_per_s']:,.0f} passages/s "
+          f"(ours x{enc['speedup_vs_seed_loop']:.2f}); "
+          f"max relative error vs fp32 {enc['max_relative_error_vs_fp32']:.2e}")
+    for label in ("forced 32 tokens", "20 tokens (realistic average)"):
+        r = gen[label]
+        print(f"generator, 7 languages x 5 queries, {label}: {r['passages_per_s']:,.1f} passages/s "
+              f"({r['flop_fraction']:.1%} of the ceiling); outputs valid: {r['outputs_valid']}")
+    print(f"generator seed-style loop (32 tokens): {gen['seed_loop_passages_per_s']:,.1f} passages/s "
+          f"(ours x{gen['speedup_vs_seed_loop']:.2f})")
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "ceilings": ceiling, "encoder": enc, "generator": gen,
+                                         "tiny": args.tiny}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

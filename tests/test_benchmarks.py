@@ -1,0 +1,22 @@
+"""The GPU benchmark must stay runnable for the sessions that get a GPU: run it in --tiny mode here."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_end_to_end_in_tiny_mode(tmp_path):
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--tiny", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["tiny"] is True and result["ceilings"]["matmul_tflops"] > 0
+    assert result["encoder"]["passages_per_s"] > 0 and result["encoder"]["max_relative_error_vs_fp32"] < 1e-5
+    for label in ("forced 32 tokens", "20 tokens (realistic average)"):
+        assert result["generator"][label]["outputs_valid"] is True
