@@ -108,8 +108,8 @@ def test_searcher_returns_text_and_handles_k_beyond_the_corpus(tmp_path):
     assert [row[0] for row in hits.ids] == [f"v{i:08d}" for i in best]
     assert sum(i is not None for i in hits.ids[0]) == 30 and hits.ids[0][-1] is None
     shard = searcher.shards[1]
-    assert shard.lookup(np.array([shard._first_id]), ("id", "text")) == [
-        {"id": f"v{shard._first_id:08d}", "text": f"text of v{shard._first_id:08d}"}]
+    assert shard.lookup(np.array([shard.first_id]), ("id", "text")) == [
+        {"id": f"v{shard.first_id:08d}", "text": f"text of v{shard.first_id:08d}"}]
 
 
 def test_rerun_skips_committed_files_and_rebuilds_missing_ones(tmp_path):

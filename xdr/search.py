@@ -75,7 +75,7 @@ class ShardSearcher:
             _local_copy(self.storage, layout.shard(shard), checksums[layout.shard(shard)], cache_dir))
         self.docs = pq.read_table(
             _local_copy(self.storage, layout.shard_docs(shard), checksums[layout.shard_docs(shard)], cache_dir))
-        self._first_id = int(self.docs["faiss_id"][0].as_py()) if self.docs.num_rows else 0
+        self.first_id = int(self.docs["faiss_id"][0].as_py()) if self.docs.num_rows else 0
         self.nprobe = nprobe or self.manifest["nprobe"]
 
     @property
@@ -89,7 +89,7 @@ class ShardSearcher:
 
     def lookup(self, faiss_ids: np.ndarray, columns: tuple[str, ...] = ("id",)) -> list[dict]:
         """Rows of the docs table for ids of this shard (its ids are contiguous from its first id)."""
-        rows = self.docs.take(pa.array(np.asarray(faiss_ids, dtype=np.int64) - self._first_id))
+        rows = self.docs.take(pa.array(np.asarray(faiss_ids, dtype=np.int64) - self.first_id))
         return rows.select(list(columns)).to_pylist()
 
 
@@ -110,7 +110,7 @@ class ShardedSearcher:
     def passage_ids(self, faiss_ids: np.ndarray) -> list[list[str | None]]:
         lookup = {}
         for shard in self.shards:
-            wanted = faiss_ids[(faiss_ids >= shard._first_id) & (faiss_ids < shard._first_id + shard.size)]
+            wanted = faiss_ids[(faiss_ids >= shard.first_id) & (faiss_ids < shard.first_id + shard.size)]
             lookup.update(zip(wanted.tolist(), (r["id"] for r in shard.lookup(wanted))))
         return [[lookup.get(i) for i in row] for row in faiss_ids.tolist()]
 
