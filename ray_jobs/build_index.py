@@ -36,7 +36,7 @@ def _train(storage: Storage, config: IndexBuildConfig, rows_per_part: list[int])
     dim = storage.read_table(RunLayout(config.run).part("embeddings", 0), columns=["embedding"]).schema.field(
         "embedding").type.list_size
     factory = config.factory or xindex.default_factory(total, dim)
-    nlist = xindex.faiss.extract_index_ivf(xindex.faiss.index_factory(dim, factory)).nlist
+    nlist = xindex.nlist_of(factory, dim)
     sample_size = config.train_sample or min(total, max(64 * nlist, xindex.PQ_TRAIN_POINTS))
     if not storage.exists(layout.trained):
         start = time.perf_counter()

@@ -137,3 +137,7 @@ def test_build_refuses_a_folder_built_with_other_settings(tmp_path):
     _check_settings(storage, IndexBuildConfig(run=str(tmp_path / "run"), factory="IVF4,Flat", nprobe=9))  # serving
     with pytest.raises(ValueError, match=r"other settings \(factory: 'IVF4,Flat' -> 'IVF8,Flat'\)"):
         _check_settings(storage, IndexBuildConfig(run=str(tmp_path / "run"), factory="IVF8,Flat"))
+
+
+def test_nlist_of_reads_the_factory_string():
+    assert xindex.nlist_of("IVF256,PQ8np", 32) == 256 and xindex.nlist_of("IVF1,Flat", 8) == 1

@@ -36,6 +36,11 @@ def default_factory(n_vectors: int, dim: int) -> str:
     return f"IVF{nlist},PQ{m}np"
 
 
+def nlist_of(factory: str, dim: int) -> int:
+    """Number of inverted lists a factory string asks for."""
+    return faiss.extract_index_ivf(faiss.index_factory(dim, factory)).nlist
+
+
 def vectors_of(table: pa.Table) -> np.ndarray:
     """The `embedding` column of an embeddings table as float32 [N, dim]."""
     column = table["embedding"].combine_chunks()
