@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from typing import Any
 
 import ray
@@ -103,7 +102,7 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
             "rows_read": prepared.rows_read,
             "passages": prepared.passages,
             "rejects": prepared.rejects,
-            "reject_reasons": dict(Counter(prepared.reject_reasons)),
+            "reject_reasons": dict(prepared.reject_reasons),
             "parts": len(prepared.parts),
             "queries_generated": sum(int(r.get("queries_rows", 0)) for r in summaries),
             "queries_fused": sum(int(r["embeddings_queries_used"]) for r in summaries),

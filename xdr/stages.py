@@ -56,14 +56,12 @@ class GenerateQueriesStage:
         out_uri = self.layout.part("queries", part)
         if self.storage.exists(out_uri):
             record = self.storage.record(out_uri)
-            return _summary("queries", part, record, self._rows(out_uri), time.perf_counter() - start, True)
+            rows = self.storage.parquet_rows(out_uri)  # from the footer: no second read of the data
+            return _summary("queries", part, record, rows, time.perf_counter() - start, True)
         passages = self.storage.read_table(self.layout.part("passages", part), columns=["id", "title", "text"])
         queries = self.generator.generate(passages.to_pylist())
         record = self.storage.write_table(out_uri, pa.Table.from_pylist(queries, schema=schemas.QUERIES))
         return _summary("queries", part, record, len(queries), time.perf_counter() - start, False)
-
-    def _rows(self, uri: str) -> int:
-        return self.storage.read_table(uri, columns=["qidx"]).num_rows
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         return _map_batch(self, batch)
