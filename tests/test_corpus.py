@@ -44,10 +44,10 @@ def test_every_kind_of_bad_jsonl_row_is_rejected_with_line_and_reason(tmp_path):
     reasons = {r["line"]: r["reason"] for r in rejects}
     assert set(reasons) == {3, 4, 5, 6, 7, 8, 9}
     assert reasons[3] == "empty text" and reasons[4] == "missing id"
-    assert reasons[5] == f"duplicate id (first seen at {path}:1)"
-    assert reasons[6].startswith("text longer than 40 characters")
-    assert reasons[7].startswith("invalid JSON") and reasons[8] == "not a JSON object"
-    assert reasons[9].startswith("invalid UTF-8")
+    assert reasons[5] == f"duplicate id: first seen at {path}:1"
+    assert reasons[6] == "text too long: 50 characters > corpus.max_text_chars 40"
+    assert reasons[7].startswith("invalid JSON: ") and reasons[8] == "not a JSON object: got array"
+    assert reasons[9] == "invalid UTF-8: at byte 24"  # the é byte
     assert all(r["source"] == str(path) and r["excerpt"] for r in rejects)
     passages = _read(run, "passages")
     assert passages == [{"id": "a", "title": "A", "text": "alpha", "lang": "en"},

@@ -42,7 +42,7 @@ def test_full_job_to_s3_read_back_row_by_row(ray_local, s3_server, tiny_models):
     passages, _ = _s3_table(client, bucket, "runs/r1/passages/")
     assert passages["id"].to_pylist() == [p["id"] for p in PASSAGES]
     rejects, _ = _s3_table(client, bucket, "runs/r1/rejects/")
-    assert [(r["line"], r["reason"].split(" (")[0]) for r in rejects.to_pylist()] == [(6, "duplicate id")]
+    assert [(r["line"], r["reason"].partition(": ")[0]) for r in rejects.to_pylist()] == [(6, "duplicate id")]
 
     queries, _ = _s3_table(client, bucket, "runs/r1/queries/")
     got_queries = {(r["passage_id"], r["lang"], r["qidx"]): r["text"] for r in queries.to_pylist()}

@@ -37,6 +37,9 @@ class CorpusConfig(_Section):
         "optionally .gz).")
     default_lang: str = Field("en", description="Language of passages whose row has no `lang`.")
     max_text_chars: int = Field(20_000, gt=0, description="Passages with longer text are rejected.")
+    max_line_bytes: int = Field(
+        8 << 20, gt=0, description="Longest line of a TSV or JSON lines file; a longer line is rejected without "
+        "being held in memory (a file with no newlines, a decompression bomb).")
     max_reject_fraction: float = Field(
         0.01, ge=0, le=1, description="The job fails when more than this fraction of rows is rejected.")
     passages_per_part: int = Field(

@@ -39,6 +39,16 @@ class RawRow:
     excerpt: str = ""
 
 
+def reject_reason(kind: str, detail: str = "") -> str:
+    """A reject's reason: a fixed kind (counted in the summary), then the row's detail (kept in rejects/)."""
+    return f"{kind}: {detail}" if detail else kind
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a reason made by `reject_reason`."""
+    return reason.partition(": ")[0]
+
+
 def detect_format(uri: str, configured: str = "auto") -> str:
     if configured != "auto":
         return configured
@@ -49,113 +59,241 @@ def detect_format(uri: str, configured: str = "auto") -> str:
     raise ValueError(f"cannot tell the format of {uri!r} from its name; set corpus.format to tsv, jsonl or parquet")
 
 
-def _lines(stream, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
-    """Lines of a byte stream without their line endings."""
-    pending = b""
+@dataclass(frozen=True)
+class _OverlongLine:
+    """A line longer than the limit: its first bytes (for the excerpt) and its length. The rest is never held."""
+
+    head: bytes
+    length: int
+
+
+def _lines(stream, *, max_line_bytes: int, chunk_bytes: int = 1 << 20) -> Iterator[bytes | _OverlongLine]:
+    """Lines of a byte stream without their line endings (LF or CRLF). Memory is bounded by the limit: a
+    longer line (a gzip bomb, a file without newlines) comes back as an _OverlongLine."""
+    pending = bytearray()
+    overlong = 0  # bytes of the current line seen so far once it is over the limit
+
+    def finish() -> bytes | _OverlongLine:
+        nonlocal overlong
+        if overlong:
+            line, overlong = _OverlongLine(bytes(pending[:EXCERPT_CHARS]), overlong), 0
+        else:
+            line = bytes(pending[:-1] if pending.endswith(b"\r") else pending)
+        pending.clear()
+        return line
+
     while chunk := stream.read(chunk_bytes):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line.rstrip(b"\r")
-    if pending:
-        yield pending.rstrip(b"\r")
+        start = 0
+        while start <= len(chunk):
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end == -1 else chunk[start:end]
+            if overlong:
+                overlong += len(piece)
+            else:
+                pending += piece
+                if len(pending) > max_line_bytes:
+                    overlong = len(pending)
+                    del pending[EXCERPT_CHARS:]
+            if end == -1:
+                break
+            yield finish()
+            start = end + 1
+    if pending or overlong:
+        yield finish()
 
 
 def _excerpt(text: str | bytes) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
-    return text[:EXCERPT_CHARS]
+    return text[:EXCERPT_CHARS].encode("utf-8", errors="replace").decode("utf-8")  # surrogates made writable
 
 
-def _text_rows(storage: Storage, uri: str, parse) -> Iterator[RawRow]:
+def _text_rows(storage: Storage, uri: str, parse, max_line_bytes: int) -> Iterator[RawRow]:
     fs, path = storage.filesystem(uri)
-    with fs.open_input_stream(path, compression="detect") as stream:
-        for line_no, raw in enumerate(_lines(stream), start=1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield RawRow(uri, line_no, None, f"invalid UTF-8 at byte {err.start}", _excerpt(raw))
-                continue
-            yield parse(uri, line_no, line)
+    line_no = 0
+    try:
+        with fs.open_input_stream(path, compression="detect") as stream:
+            for line_no, raw in enumerate(_lines(stream, max_line_bytes=max_line_bytes), start=1):
+                if isinstance(raw, _OverlongLine):
+                    yield RawRow(uri, line_no, None, reject_reason(
+                        "line too long", f"{raw.length:,} bytes > corpus.max_line_bytes {max_line_bytes:,}"),
+                        _excerpt(raw.head))
+                    continue
+                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
+                    raw = raw[3:]
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    yield RawRow(uri, line_no, None, reject_reason("invalid UTF-8", f"at byte {err.start}"),
+                                 _excerpt(raw))
+                    continue
+                row = parse(uri, line_no, line)
+                if row is not None:
+                    yield row
+    except OSError as err:  # truncated or corrupt compressed data, or the storage failing: not a row's fault
+        raise OSError(f"{uri}: reading failed after line {line_no} ({err}); fix or remove the file") from err
 
 
-def _tsv_rows(storage: Storage, uri: str) -> Iterator[RawRow]:
+def _tsv_rows(storage: Storage, uri: str, max_line_bytes: int) -> Iterator[RawRow]:
     columns = TSV_COLUMNS
+    csv.field_size_limit(max(csv.field_size_limit(), max_line_bytes))  # csv's default caps a field at 128 KiB
 
     def parse(source: str, line_no: int, line: str) -> RawRow | None:
         nonlocal columns
-        values = next(csv.reader([line], delimiter="\t"))
+        try:
+            values = next(csv.reader([line], delimiter="\t"))
+        except csv.Error as err:
+            return RawRow(source, line_no, None, reject_reason("invalid TSV", str(err)), _excerpt(line))
         if line_no == 1 and {v.strip().lower() for v in values} >= set(TSV_COLUMNS):
             columns = tuple(v.strip().lower() for v in values)
             return None  # header line
         if len(values) != len(columns):
-            return RawRow(source, line_no, None,
-                          f"wrong column count: expected {len(columns)}, got {len(values)}", _excerpt(line))
+            return RawRow(source, line_no, None, reject_reason(
+                "wrong column count", f"expected {len(columns)}, got {len(values)}"), _excerpt(line))
         return RawRow(source, line_no, dict(zip(columns, values)), excerpt=_excerpt(line))
 
-    for row in _text_rows(storage, uri, parse):
-        if row is not None:
-            yield row
+    yield from _text_rows(storage, uri, parse, max_line_bytes)
 
 
-def _jsonl_rows(storage: Storage, uri: str) -> Iterator[RawRow]:
+def _jsonl_rows(storage: Storage, uri: str, max_line_bytes: int) -> Iterator[RawRow]:
     def parse(source: str, line_no: int, line: str) -> RawRow:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            return RawRow(source, line_no, None, f"invalid JSON: {err.msg}", _excerpt(line))
+            return RawRow(source, line_no, None, reject_reason("invalid JSON", err.msg), _excerpt(line))
+        except RecursionError:
+            return RawRow(source, line_no, None, reject_reason("invalid JSON", "nested too deeply"), _excerpt(line))
         if not isinstance(obj, dict):
-            return RawRow(source, line_no, None, "not a JSON object", _excerpt(line))
+            return RawRow(source, line_no, None, reject_reason("not a JSON object", f"got {_type_name(obj)}"),
+                          _excerpt(line))
         return RawRow(source, line_no, obj, excerpt=_excerpt(line))
 
-    yield from _text_rows(storage, uri, parse)
+    yield from _text_rows(storage, uri, parse, max_line_bytes)
 
 
-def _parquet_rows(storage: Storage, uri: str) -> Iterator[RawRow]:
+def _parquet_values(batch: pa.RecordBatch) -> Iterator[dict | UnicodeDecodeError]:
+    """The batch's rows as dicts; a row whose string column holds invalid UTF-8 comes back as the error."""
+    try:
+        yield from batch.to_pylist()
+    except UnicodeDecodeError:
+        for i in range(batch.num_rows):
+            try:
+                yield batch.slice(i, 1).to_pylist()[0]
+            except UnicodeDecodeError as err:
+                yield err
+
+
+def _parquet_rows(storage: Storage, uri: str, max_line_bytes: int) -> Iterator[RawRow]:
     fs, path = storage.filesystem(uri)
+    try:
+        parquet = pq.ParquetFile(fs.open_input_file(path))
+    except pa.ArrowInvalid as err:
+        raise ValueError(f"{uri}: not a readable Parquet file ({err}); fix or remove it") from err
     line_no = 0
-    for batch in pq.ParquetFile(fs.open_input_file(path)).iter_batches(batch_size=4096):
-        for obj in batch.to_pylist():
+    for batch in parquet.iter_batches(batch_size=4096):
+        for obj in _parquet_values(batch):
             line_no += 1
+            if isinstance(obj, UnicodeDecodeError):
+                yield RawRow(uri, line_no, None, reject_reason("invalid UTF-8", f"at byte {obj.start} of a value"),
+                             _excerpt(obj.object))
+                continue
             yield RawRow(uri, line_no, obj, excerpt=_excerpt(str(obj.get("text", ""))))
 
 
-def iter_raw_rows(storage: Storage, uri: str, fmt: str) -> Iterator[RawRow]:
+def iter_raw_rows(storage: Storage, uri: str, fmt: str, *, max_line_bytes: int = 8 << 20) -> Iterator[RawRow]:
     readers = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}
-    return readers[fmt](storage, uri)
+    return readers[fmt](storage, uri, max_line_bytes)
+
+
+def _type_name(value) -> str:
+    """A value's type as a user reads it in JSON (or Parquet) terms."""
+    names = {dict: "object", list: "array", tuple: "array", bool: "boolean", int: "number", float: "number",
+             str: "string", bytes: "binary", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _text_value(fields: dict, name: str, *, required: bool) -> tuple[str | None, str | None]:
+    """(value, None) or (None, reason) for a text field. Binary values (Parquet) must be UTF-8."""
+    value = fields.get(name)
+    if value is None:
+        return None, (reject_reason(f"missing {name}") if required else None)
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return None, reject_reason("invalid UTF-8", f"{name}, at byte {err.start}")
+    if not isinstance(value, str):
+        return None, reject_reason(f"{name} is not a string", f"got {_type_name(value)}")
+    return value, _unicode_problem(name, value)
+
+
+def _unicode_problem(name: str, value: str) -> str | None:
+    """Text that cannot be written as UTF-8 (a lone surrogate from a JSON escape) or that holds NUL,
+    which C-level tokenizers treat as the end of the string."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return reject_reason("invalid Unicode", f"lone surrogate in {name} at character {err.start}")
+    if "\x00" in value:
+        return reject_reason("NUL character", f"in {name} at character {value.index(chr(0))}")
+    return None
 
 
 class PassageValidator:
-    """Turns raw rows into passages or rejects. Remembers ids: the first occurrence of an id wins."""
+    """Turns raw rows into passages or rejects. Remembers ids: the first occurrence of an id wins.
+
+    Ids are strings or integers; text, title and lang are strings (title and lang may be missing). Every
+    other shape is a reject with its own reason, never a crash and never a silent conversion.
+    """
 
     def __init__(self, *, default_lang: str, max_text_chars: int):
         self.default_lang = default_lang
         self.max_text_chars = max_text_chars
         self._first_seen: dict[str, str] = {}
 
+    def _passage_id(self, fields: dict) -> tuple[str | None, str | None]:
+        key = next((k for k in _ID_KEYS if fields.get(k) not in (None, "")), None)
+        if key is None:
+            return None, reject_reason("missing id")
+        value = fields[key]
+        if isinstance(value, bool) or not isinstance(value, str | int | bytes):
+            return None, reject_reason("id is not a string or integer", f"got {_type_name(value)}")
+        if isinstance(value, int):
+            return str(value), None
+        pid, reason = _text_value(fields, key, required=True)
+        if reason:
+            return None, reason
+        pid = pid.strip()
+        return (pid, None) if pid else (None, reject_reason("missing id"))
+
     def check(self, row: RawRow) -> tuple[dict | None, str | None]:
         """(passage, None) for a valid row, (None, reason) for a reject."""
         if row.error:
             return None, row.error
         fields = row.fields
-        pid = next((fields[k] for k in _ID_KEYS if fields.get(k) not in (None, "")), None)
-        if pid is None or not str(pid).strip():
-            return None, "missing id"
-        pid = str(pid).strip()
-        text = fields.get("text")
-        if not isinstance(text, str) or not text.strip():
-            return None, "empty text"
+        pid, reason = self._passage_id(fields)
+        if reason:
+            return None, reason
+        text, reason = _text_value(fields, "text", required=True)
+        if reason:
+            return None, reason
+        if not text.strip():
+            return None, reject_reason("empty text")
         if len(text) > self.max_text_chars:
-            return None, f"text longer than {self.max_text_chars} characters ({len(text)})"
+            return None, reject_reason("text too long", f"{len(text):,} characters > corpus.max_text_chars "
+                                       f"{self.max_text_chars:,}")
+        title, reason = _text_value(fields, "title", required=False)
+        lang_key = "lang" if fields.get("lang") is not None else "language"
+        lang, lang_reason = _text_value(fields, lang_key, required=False)
+        if reason or lang_reason:
+            return None, reason or lang_reason
         where = f"{row.source}:{row.line}"
         first = self._first_seen.setdefault(pid, where)
         if first != where:
-            return None, f"duplicate id (first seen at {first})"
-        title = fields.get("title") or ""
-        lang = fields.get("lang") or fields.get("language") or self.default_lang
-        return {"id": pid, "title": str(title), "text": text, "lang": str(lang)}, None
+            return None, reject_reason("duplicate id", f"first seen at {first}")
+        return {"id": pid, "title": title or "", "text": text, "lang": lang or self.default_lang}, None
 
 
 @dataclass
@@ -178,11 +316,6 @@ class PrepareSummary:
     @property
     def reject_fraction(self) -> float:
         return self.rejects / self.rows_read if self.rows_read else 0.0
-
-
-def _reason_kind(reason: str) -> str:
-    """The reason without row-specific detail, for the summary counts."""
-    return reason.split(" (")[0].split(":")[0]
 
 
 def prepare_parts(storage: Storage, config: CorpusConfig, run_uri: str) -> PrepareSummary:
@@ -214,7 +347,8 @@ def prepare_parts(storage: Storage, config: CorpusConfig, run_uri: str) -> Prepa
         rejects.clear()
 
     for uri in files:
-        for row in iter_raw_rows(storage, uri, detect_format(uri, config.format)):
+        for row in iter_raw_rows(storage, uri, detect_format(uri, config.format),
+                                 max_line_bytes=config.max_line_bytes):
             summary.rows_read += 1
             passage, reason = validator.check(row)
             if passage is not None:
@@ -225,7 +359,7 @@ def prepare_parts(storage: Storage, config: CorpusConfig, run_uri: str) -> Prepa
             else:
                 rejects.append({"source": row.source, "line": row.line, "reason": reason, "excerpt": row.excerpt})
                 summary.rejects += 1
-                summary.reject_reasons[_reason_kind(reason)] += 1
+                summary.reject_reasons[reason_kind(reason)] += 1
     if passages or rejects or not summary.parts:
         flush()
 
