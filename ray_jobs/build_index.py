@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 
-from ray_jobs.common import run_job
+from ray_jobs.common import on_terminal, run_job
 from xdr import index as xindex
 from xdr.config import IndexBuildConfig
 from xdr.layout import RunLayout
@@ -83,7 +83,8 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
 
     add = ray.remote(xindex.add_part).options(num_cpus=1, max_retries=2)
     pending = {add.remote(storage, config.run, config.index_root, p, offsets[p]): p for p in range(parts)}
-    progress = Progress("add", sum(rows_per_part), parts, emit=log.info)
+    progress = Progress("add", sum(rows_per_part), parts, emit=log.info,
+                        bar=on_terminal())
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         progress.update(rows_per_part[pending.pop(done[0])])

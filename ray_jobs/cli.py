@@ -39,13 +39,14 @@ def _demo(argv: list[str]) -> None:
     parser.add_argument("--output", default="demo-output", help="folder for the models, the run and the index")
     parser.add_argument("--resume", action="store_true", help="keep an earlier demo run and resume it")
     parser.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own log lines on the terminal")
     args = parser.parse_args(argv)
 
     import ray
     from ray import serve
 
     from ray_jobs import build_index, index_corpus, serve_app
-    from ray_jobs.common import free_port, setup_logging
+    from ray_jobs.common import free_port, quiet_ray_logs, ray_log_file, ray_log_note, setup_logging
     from xdr import client, tiny_models
     from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig
 
@@ -61,7 +62,9 @@ def _demo(argv: list[str]) -> None:
     config = IndexingJobConfig.model_validate(data)
 
     setup_logging()
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a stale cluster
+    log_file = None if args.verbose else ray_log_file("demo")
+    quiet = quiet_ray_logs(log_file) if log_file else {}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, **quiet)  # never join a stale cluster
     try:
         manifest = index_corpus.run_indexing(config, progress_every_s=1.0)
         print("\n" + index_corpus.format_summary(manifest))
@@ -76,14 +79,19 @@ def _demo(argv: list[str]) -> None:
         port = args.port or free_port()
         url = serve_app.start(ServeConfig(index=str(run_dir / "index"), port=port, encoder_replicas=(1, 1),
                                           shard_replicas=(1, 1), replica_cpus=0.1), name="xdr-demo")
+        if log_file:
+            quiet_ray_logs(log_file)  # Serve adds console handlers of its own when it starts
         print(f"\nsearch endpoint on {url} (POST /search); questions over HTTP, top 3 each:\n")
         results = client.search(url, DEMO_QUESTIONS, k=3, return_text=True)
         for question, hits in zip(DEMO_QUESTIONS, results):
             print(client.format_hits(question, hits) + "\n")
         serve.shutdown()
+        note = ray_log_note(log_file)
     finally:
         ray.shutdown()
     print(f"run folder: {run_dir} (manifest.json, queries/, embeddings/, index/)")
+    if note:
+        print(note)
 
 
 def _config_reference(_: list[str]) -> None:
@@ -142,16 +150,24 @@ def _serve(argv: list[str]) -> None:
     from ray import serve
 
     from ray_jobs import serve_app
-    from ray_jobs.common import connect_ray, parse_job_args, setup_logging
+    from ray_jobs.common import connect_ray, parse_job_args, quiet_ray_logs, ray_log_file, ray_log_note, setup_logging
     from xdr.config import ServeConfig
 
     setup_logging()
     args, config = parse_job_args("Serve a built index over HTTP.", argv, ServeConfig)
-    connect_ray(args.address)
+    log_file = None if args.verbose else ray_log_file("serve")
+    connect_ray(args.address, log_file=log_file)
     url = serve_app.start(config)
+    if log_file:
+        quiet_ray_logs(log_file)
     print(f"serving {config.index} on {url} (POST /search, GET /info, /healthz, /docs); Ctrl-C stops it", flush=True)
+    if log_file:
+        print(ray_log_note(log_file), flush=True)
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # delivered to sigwait, not as KeyboardInterrupt
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        received = signal.sigwait(stop)
+        print(f"{signal.Signals(received).name}: stopping the endpoint", flush=True)
     finally:
         serve.shutdown()
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import ray
 
@@ -20,6 +24,9 @@ def parse_job_args(description: str, argv: list[str] | None = None,
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    parser.add_argument("--verbose", action="store_true", default=os.environ.get("XDR_VERBOSE") == "1",
+                        help="show Ray's own log lines on the terminal (default: they go to a file named in the "
+                        "summary; also XDR_VERBOSE=1)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address; 'local' starts a fresh local Ray (default: RAY_ADDRESS, "
                         "else the cluster `ray start` runs on this machine, else a local Ray)")
@@ -49,11 +56,58 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def connect_ray(address: str | None = None) -> None:
-    """Join the cluster a `ray job submit` runs in (RAY_ADDRESS), or start a local Ray."""
+def ray_log_file(command: str) -> Path:
+    """Where a quiet run writes the driver's Ray log lines: a fresh file per run in the temporary folder."""
+    folder = Path(os.environ.get("XDR_LOG_DIR", Path(tempfile.gettempdir()) / "xdr-logs"))
+    return folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+def quiet_ray_logs(log_file: Path) -> dict:
+    """Keep Ray's own lines off the terminal: the driver's Ray loggers write to `log_file`, the workers'
+    output stays in Ray's session log folder instead of being forwarded. Returns the ray.init keywords
+    that go with it; call again after importing Ray libraries (Data, Serve) that add console handlers."""
+    import ray.data  # noqa: F401 -- sets up its console logging on import; rerouted below
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = next((h for h in logging.getLogger("ray").handlers
+                    if isinstance(h, logging.FileHandler) and h.baseFilename == str(log_file.resolve())), None)
+    if handler is None:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    names = ["ray"] + [n for n in logging.Logger.manager.loggerDict if n.startswith("ray.")]
+    for name in names:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if type(h) is not logging.FileHandler
+                    and isinstance(h, logging.StreamHandler)]:
+            logger.removeHandler(old)
+        if name == "ray" or (logger.handlers and not logger.propagate):
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # xdr prints its own progress
+    return {"log_to_driver": False, "logging_level": logging.INFO}
+
+
+def ray_log_note(log_file: Path | None) -> str:
+    """The summary line that says where Ray's logs went (empty when they were shown)."""
+    if log_file is None:
+        return ""
+    session = ""
+    if ray.is_initialized():
+        from ray._private.worker import global_worker
+
+        session = f"; workers' logs: {global_worker.node.get_logs_dir_path()}"
+    return f"Ray's logs: {log_file}{session} (--verbose shows them here)"
+
+
+def connect_ray(address: str | None = None, *, log_file: Path | None = None) -> None:
+    """Join the cluster a `ray job submit` runs in (RAY_ADDRESS), or start a local Ray. With a log file,
+    Ray's own lines go there instead of the terminal (see quiet_ray_logs)."""
     if ray.is_initialized():
         return
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+    kwargs = quiet_ray_logs(log_file) if log_file else {"logging_level": logging.WARNING}
+    ray.init(address=address or os.environ.get("RAY_ADDRESS"), **kwargs)
+    if log_file:
+        quiet_ray_logs(log_file)
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
@@ -68,10 +122,18 @@ def run_job(description: str, argv: list[str] | None, model_cls, job, summary) -
     """The body of every job's main(): arguments and config, logging, Ray, the job, its summary."""
     setup_logging()
     args, config = parse_job_args(description, argv, model_cls)
-    connect_ray(args.address)
+    log_file = None if args.verbose else ray_log_file(model_cls.__name__.removesuffix("Config").lower())
+    connect_ray(args.address, log_file=log_file)
     manifest = job(config)
     print(summary(manifest), flush=True)
+    if log_file:
+        print(ray_log_note(log_file), flush=True)
     return manifest
+
+
+def on_terminal() -> bool:
+    """Progress as a bar only when a person watches a terminal (not in `ray job logs` or a CI log)."""
+    return sys.stderr.isatty() and os.environ.get("CI") is None
 
 
 def free_port() -> int:

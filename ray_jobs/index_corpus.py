@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 
-from ray_jobs.common import gpus_per_actor, run_job
+from ray_jobs.common import gpus_per_actor, on_terminal, run_job
 from xdr.config import IndexingJobConfig
 from xdr.corpus import PrepareSummary, prepare_parts
 from xdr.layout import RunLayout
@@ -77,7 +77,8 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
         _check_queries_source(storage, config, len(prepared.parts))
 
     passages_in = {p.part: p.passages for p in prepared.parts}
-    progress = Progress("embed", prepared.passages, len(prepared.parts), every_s=progress_every_s, emit=log.info)
+    progress = Progress("embed", prepared.passages, len(prepared.parts), every_s=progress_every_s, emit=log.info,
+                        bar=on_terminal())
     summaries = []
     pipeline_start = time.perf_counter()
     for row in build_pipeline(config, sorted(passages_in)).iter_rows():

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from xdr.config import EncoderConfig, ServeConfig
@@ -53,10 +56,16 @@ class SearchResponse(BaseModel):
 
 @serve.deployment
 class QueryEncoder:
-    def __init__(self, encoder: dict):
-        self.encoder = make_encoder(EncoderConfig.model_validate(encoder))
+    """Encodes queries in batches. The batch does not wait for company (timeout 0): under load, the texts
+    that arrive while a batch is encoded form the next one, so latency stays low at one client and the
+    batches grow with the load."""
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    def __init__(self, encoder: dict, batch_size: int, batch_wait_s: float):
+        self.encoder = make_encoder(EncoderConfig.model_validate(encoder))
+        self._encode_batch.set_max_batch_size(batch_size)
+        self._encode_batch.set_batch_wait_timeout_s(batch_wait_s)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.encoder.encode_queries(texts))
 
@@ -90,13 +99,83 @@ class IndexShard:
 api = FastAPI(title="xdr search", description="Cross-lingual dense retrieval over an xQG-augmented index.")
 
 
+def _json_safe(value: Any) -> Any:
+    """A value that JSON can carry: the numbers JSON has no word for (1e309 parses as infinity) and text
+    that is not valid Unicode (a lone surrogate escape) are written out as text."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value if value is None or isinstance(value, bool | int | float) else str(value)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field. FastAPI's own handler echoes the input back and fails (500) when the
+    input holds a value JSON cannot carry."""
+    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+               for e in err.errors()]
+    return JSONResponse(status_code=422, content={"detail": _json_safe(details)})
+
+
 @serve.deployment
 @serve.ingress(api)
 class Router:
-    def __init__(self, encoder: DeploymentHandle, shards: list[DeploymentHandle], limits: dict, info: dict,
+    """Validates, sheds load, and searches. Concurrent questions are batched here (@serve.batch with no
+    wait): one encoder pass and one call per shard serve every question that arrived while the previous
+    batch ran, so the cost of Serve's hops is paid per batch, not per question. The encoder runs in this
+    replica (`encoder` is its config) or in its own deployment (`encoder` is its handle)."""
+
+    def __init__(self, encoder: DeploymentHandle | dict, shards: list[DeploymentHandle], limits: dict, info: dict,
                  token: str | None):
-        self.encoder, self.shards = encoder, shards
-        self.limits, self.info, self.token = limits, info, token
+        self.shards, self.limits, self.info, self.token = shards, limits, info, token
+        self.encoder_handle = encoder if isinstance(encoder, DeploymentHandle) else None
+        self.encoder = None if self.encoder_handle else make_encoder(EncoderConfig.model_validate(encoder))
+        self._search_batch.set_max_batch_size(limits["batch_size"])
+        self._search_batch.set_batch_wait_timeout_s(limits["batch_wait_s"])
+        self.in_flight = 0
+
+    def _admit(self) -> None:
+        """Load shedding: past `max_inflight` searches in this replica, answer 503 at once. Queueing more
+        would only make every caller wait longer for the same throughput."""
+        if self.in_flight >= self.limits["max_inflight"]:
+            retry = self.limits["retry_after_s"]
+            raise HTTPException(503, f"the endpoint is at capacity ({self.in_flight} searches in flight); "
+                                f"retry after {retry} s", headers={"Retry-After": str(retry)})
+
+    async def _embed(self, texts: list[str]) -> np.ndarray:
+        if self.encoder_handle is not None:
+            return await self.encoder_handle.encode.remote(texts)
+        return await asyncio.to_thread(self.encoder.encode_queries, texts)  # keeps the event loop answering
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
+    async def _search_batch(self, items: list[tuple[str, int, int | None, bool]]) -> list[list[Hit]]:
+        """items: (question, k, nprobe, return_text). Questions with the same nprobe and columns share one
+        call per shard at the largest k among them; each gets its own top-k of the merged list."""
+        query_emb = await self._embed([item[0] for item in items])
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, _, nprobe, with_text) in enumerate(items):
+            groups.setdefault((nprobe, with_text), []).append(i)
+        results: list[list[Hit]] = [[] for _ in items]
+
+        async def search_group(nprobe: int | None, with_text: bool, rows: list[int]) -> None:
+            k = max(items[i][1] for i in rows)
+            columns = ("id", "title", "text") if with_text else ("id",)
+            answers = await asyncio.gather(*(s.search.remote(query_emb[rows], k, nprobe, columns)
+                                             for s in self.shards))
+            scores, ids = merge_topk([a[0] for a in answers], [a[1] for a in answers], k)
+            docs = {i: row for a in answers for i, row in a[2].items()}
+            for j, i in enumerate(rows):
+                results[i] = [Hit(score=float(score), **docs[fid])
+                              for score, fid in zip(scores[j].tolist(), ids[j].tolist()) if fid >= 0][:items[i][1]]
+
+        await asyncio.gather(*(search_group(nprobe, with_text, rows)
+                               for (nprobe, with_text), rows in groups.items()))
+        return results
 
     def _authorize(self, authorization: str | None) -> None:
         if self.token is None:
@@ -115,6 +194,11 @@ class Router:
         for i, query in enumerate(request.queries):
             if not query.strip():
                 raise HTTPException(400, f"queries[{i}] is empty")
+            try:
+                query.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise HTTPException(400, f"queries[{i}] is not valid Unicode (a lone surrogate at character "
+                                    f"{err.start}); send UTF-8 text") from None
             if len(query) > lim["max_query_chars"]:
                 raise HTTPException(400, f"queries[{i}] has {len(query)} characters; at most {lim['max_query_chars']}")
         if not 1 <= request.k <= lim["max_k"]:
@@ -126,15 +210,14 @@ class Router:
     async def search(self, request: SearchRequest, authorization: str | None = Header(None)) -> SearchResponse:
         self._authorize(authorization)
         self._validate(request)
+        self._admit()
         start = time.perf_counter()
-        query_emb = await self.encoder.encode.remote(request.queries)
-        columns = ("id", "title", "text") if request.return_text else ("id",)
-        answers = await asyncio.gather(*(s.search.remote(query_emb, request.k, request.nprobe, columns)
-                                         for s in self.shards))
-        scores, ids = merge_topk([a[0] for a in answers], [a[1] for a in answers], request.k)
-        docs = {i: row for a in answers for i, row in a[2].items()}
-        results = [[Hit(score=float(score), **docs[i]) for score, i in zip(s_row, i_row) if i >= 0]
-                   for s_row, i_row in zip(scores.tolist(), ids.tolist())]
+        self.in_flight += 1
+        try:
+            results = await asyncio.gather(*(self._search_batch((q, request.k, request.nprobe, request.return_text))
+                                             for q in request.queries))
+        finally:
+            self.in_flight -= 1
         return SearchResponse(results=results, took_ms=round(1000 * (time.perf_counter() - start), 2))
 
     @api.get("/healthz")
@@ -164,21 +247,38 @@ def build_app(config: ServeConfig):
     manifest = json.loads(storage.read_bytes(IndexLayout(config.index).manifest))
     encoder = config.encoder or EncoderConfig.model_validate(manifest["encoder"])
     replicas = {"num_cpus": config.replica_cpus}
+    # Serve's default of 5 ongoing requests per replica caps @serve.batch at 5 and makes callers back off
+    # while slots stand free; the Router sheds load itself (max_inflight), so the inner deployments take
+    # everything the routers let through.
+    inner_limit = 4 * max(config.max_inflight, config.encoder_batch_size)
 
-    def scaling(bounds: tuple[int, int]) -> dict:
-        return {"min_replicas": bounds[0], "max_replicas": bounds[1], "target_ongoing_requests": 4}
+    def scaling(bounds: tuple[int, int], target: float) -> dict:
+        return {"min_replicas": bounds[0], "max_replicas": bounds[1], "target_ongoing_requests": target}
 
-    encoder_app = QueryEncoder.options(autoscaling_config=scaling(config.encoder_replicas),
-                                       ray_actor_options=replicas).bind(encoder.model_dump(mode="json"))
-    shards = [IndexShard.options(name=f"IndexShard{s['shard']}", autoscaling_config=scaling(config.shard_replicas),
+    encoder_arg = encoder.model_dump(mode="json")  # the Router encodes itself
+    if config.separate_encoder:
+        encoder_arg = QueryEncoder.options(
+            autoscaling_config=scaling(config.encoder_replicas, config.encoder_batch_size / 2),
+            max_ongoing_requests=inner_limit, ray_actor_options=replicas,
+        ).bind(encoder_arg, config.encoder_batch_size, config.encoder_batch_wait_s)
+    shards = [IndexShard.options(name=f"IndexShard{s['shard']}", max_ongoing_requests=inner_limit,
+                                 autoscaling_config=scaling(config.shard_replicas, config.max_inflight / 2),
                                  ray_actor_options=replicas, user_config={"nprobe": manifest["nprobe"]})
               .bind(config.index, s["shard"], storage_dict, config.cache_dir) for s in manifest["shards"]]
     info = {"index": config.index, "factory": manifest["factory"], "dim": manifest["dim"],
             "vectors": manifest["vectors"], "shards": len(manifest["shards"]), "nprobe": manifest["nprobe"],
             "source_run": manifest["source_run"], "encoder": encoder.model, "pooling": encoder.pooling}
     limits = {"max_queries": config.max_queries, "max_query_chars": config.max_query_chars,
-              "max_k": config.max_k, "max_nprobe": manifest["nlist"]}
-    return Router.options(ray_actor_options=replicas).bind(encoder_app, shards, limits, info, read_token(config))
+              "max_k": config.max_k, "max_nprobe": manifest["nlist"], "max_inflight": config.max_inflight,
+              "retry_after_s": config.retry_after_s, "batch_size": config.encoder_batch_size,
+              "batch_wait_s": config.encoder_batch_wait_s}
+    # The slots above max_inflight let /healthz, /info and the quick 503s through while searches run;
+    # Serve's own queue limit is the backstop should the Router replicas be saturated anyway.
+    router = Router.options(
+        ray_actor_options=replicas, autoscaling_config=scaling(config.router_replicas, config.max_inflight / 2),
+        max_ongoing_requests=config.max_inflight + 32, max_queued_requests=config.max_inflight,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s))
+    return router.bind(encoder_arg, shards, limits, info, read_token(config))
 
 
 def app_builder(args: dict[str, Any]):
@@ -188,6 +288,7 @@ def app_builder(args: dict[str, Any]):
 
 def start(config: ServeConfig, *, name: str = "xdr") -> str:
     """Run the application on the connected Ray; returns its base URL."""
-    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.start(http_options={"host": config.host, "port": config.port,
+                              "request_timeout_s": config.request_timeout_s})
     serve.run(build_app(config), name=name, route_prefix="/")
     return f"http://{config.host}:{config.port}"

@@ -6,6 +6,7 @@ Defaults are the xQG paper's settings (METHOD.md section 1). Every field carries
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,14 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def absolute_location(uri: str | None) -> str | None:
+    """s3:// URIs as they are; local paths (plain, ~ or file://) made absolute where the config is read, so
+    that Ray workers, whose working folder differs from the driver's, find the same files."""
+    if uri is None or uri.startswith("s3://"):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
 
 
 class StorageConfig(_Section):
@@ -44,6 +53,8 @@ class CorpusConfig(_Section):
         0.01, ge=0, le=1, description="The job fails when more than this fraction of rows is rejected.")
     passages_per_part: int = Field(
         10_000, gt=0, description="Valid passages per part. A part is the unit of work, commit and resume.")
+
+    _absolute_path = field_validator("path")(classmethod(lambda cls, v: absolute_location(v)))
 
 
 class GeneratorConfig(_Section):
@@ -127,6 +138,8 @@ class IndexingJobConfig(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     storage: StorageConfig = StorageConfig()
 
+    _absolute_paths = field_validator("output", "queries_from")(classmethod(lambda cls, v: absolute_location(v)))
+
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.field=value` overrides (values parsed as YAML) to a nested dict."""
@@ -166,6 +179,8 @@ class IndexBuildConfig(_Section):
     seed: int = Field(0, ge=0, description="Seed of the training sample and of k-means.")
     storage: StorageConfig = StorageConfig()
 
+    _absolute_paths = field_validator("run", "output")(classmethod(lambda cls, v: absolute_location(v)))
+
     @property
     def index_root(self) -> str:
         from xdr.storage import join
@@ -187,12 +202,29 @@ class ServeConfig(_Section):
     token_env: str = Field("XDR_SERVE_TOKEN", description="Environment variable holding the bearer token; "
                            "when neither it nor token_file is set, the endpoint is open.")
     token_file: str | None = Field(None, description="File holding the bearer token.")
-    encoder_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of the encoder.")
+    max_inflight: int = Field(
+        64, gt=0, description="Searches one router replica works on at once; past it the endpoint answers 503 "
+        "with Retry-After at once (load shedding) instead of queueing callers for seconds.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) sent with a 503.")
+    request_timeout_s: float = Field(30.0, gt=0, description="A request still unanswered after this gets a 408.")
+    encoder_batch_size: int = Field(64, gt=0, description="Most queries the encoder embeds in one batch.")
+    encoder_batch_wait_s: float = Field(
+        0.0, ge=0, description="How long a batch waits for more queries; 0 = none: under load the queries that "
+        "arrive while a batch runs form the next one.")
+    separate_encoder: bool = Field(
+        False, description="Run the query encoder as its own deployment (e.g. on GPU replicas, scaled apart from "
+        "routing) instead of inside each router replica (one hop less: the better choice on CPUs).")
+    router_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of the router.")
+    encoder_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of the encoder "
+                                                  "(with separate_encoder).")
     shard_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of each shard.")
     replica_cpus: float = Field(0.25, gt=0, description="CPUs reserved per replica.")
     cache_dir: str | None = Field(None, description="Local cache for index files read from S3 "
                                   "(default $XDR_CACHE or ~/.cache/xdr).")
     storage: StorageConfig = StorageConfig()
+
+    _absolute_paths = field_validator("index", "token_file", "cache_dir")(
+        classmethod(lambda cls, v: absolute_location(v)))
 
 
 def load_model(model_cls, path: str | Path | None, overrides: list[str] = ()):

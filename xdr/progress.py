@@ -1,4 +1,5 @@
-"""Progress of a long job: rows done, rate and ETA, printed at most every `every_s` seconds."""
+"""Progress of a long job: rows done, rate and ETA. On a terminal a progress bar; elsewhere (a log file,
+`ray job logs`) a line at most every `every_s` seconds, and always the last one."""
 
 from __future__ import annotations
 
@@ -15,19 +16,31 @@ def format_duration(seconds: float) -> str:
 
 class Progress:
     def __init__(self, label: str, total_rows: int, total_parts: int, *, every_s: float = 5.0,
-                 emit: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
+                 emit: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+                 bar: bool = False):
         self.label, self.total_rows, self.total_parts = label, total_rows, total_parts
         self.every_s, self.emit, self.clock = every_s, emit, clock
         self.rows = self.parts = self.skipped_rows = 0
         self.start = self.clock()
         self._last_emit = float("-inf")
+        self._bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_rows, desc=label, unit="row", unit_scale=True, dynamic_ncols=True)
 
     def update(self, rows: int, *, skipped: bool = False) -> None:
         self.rows += rows
         self.parts += 1
         if skipped:  # committed by an earlier run: not part of this run's rate
             self.skipped_rows += rows
-        if self.clock() - self._last_emit >= self.every_s or self.parts == self.total_parts:
+        last = self.parts == self.total_parts
+        if self._bar is not None:
+            self._bar.update(rows)
+            self._bar.set_postfix_str(f"parts {self.parts}/{self.total_parts}", refresh=False)
+            if last:
+                self._bar.close()
+        if last or (self._bar is None and self.clock() - self._last_emit >= self.every_s):
             self.emit(self.line())
             self._last_emit = self.clock()
 

@@ -69,12 +69,18 @@ class ShardSearcher:
         self.storage = storage or Storage()
         layout = IndexLayout(index_root)
         self.manifest = json.loads(self.storage.read_bytes(layout.manifest))
-        entry = next(s for s in self.manifest["shards"] if s["shard"] == shard)
-        checksums = {f["uri"]: f["sha256"] for f in entry["files"]}
-        self.index = faiss.read_index(
-            _local_copy(self.storage, layout.shard(shard), checksums[layout.shard(shard)], cache_dir))
-        self.docs = pq.read_table(
-            _local_copy(self.storage, layout.shard_docs(shard), checksums[layout.shard_docs(shard)], cache_dir))
+        entry = next((s for s in self.manifest["shards"] if s["shard"] == shard), None)
+        if entry is None:
+            raise ValueError(f"{layout.manifest} has no shard {shard}")
+        # by file name: the manifest's URIs are as the build wrote them (absolute, or another scheme), while
+        # the caller may name the same folder relatively, through file://, or after moving it
+        checksums = {f["uri"].rsplit("/", 1)[-1]: f["sha256"] for f in entry["files"]}
+
+        def local(uri: str) -> str:
+            return _local_copy(self.storage, uri, checksums[uri.rsplit("/", 1)[-1]], cache_dir)
+
+        self.index = faiss.read_index(local(layout.shard(shard)))
+        self.docs = pq.read_table(local(layout.shard_docs(shard)))
         self.first_id = int(self.docs["faiss_id"][0].as_py()) if self.docs.num_rows else 0
         self.nprobe = nprobe or self.manifest["nprobe"]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertModel, MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from xdr.languages import LANGUAGE_NAMES
 
@@ -86,8 +87,14 @@ def build_tiny_models(out_dir: str | Path, corpus: Path = SAMPLE_CORPUS) -> dict
     out = Path(out_dir)
     texts = _training_text(_corpus_texts(corpus))
     paths = {"encoder": out / ENCODER_DIR, "generator": out / GENERATOR_DIR}
-    if not (paths["encoder"] / "config.json").exists():
-        build_encoder(paths["encoder"], texts)
-    if not (paths["generator"] / "config.json").exists():
-        build_generator(paths["generator"], texts)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per tiny file saved is noise
+    try:
+        if not (paths["encoder"] / "config.json").exists():
+            build_encoder(paths["encoder"], texts)
+        if not (paths["generator"] / "config.json").exists():
+            build_generator(paths["generator"], texts)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return paths
