@@ -64,3 +64,30 @@ def test_kuberay_manifests_carry_required_fields():
 def test_job_configs_parse():
     IndexingJobConfig.model_validate(yaml.safe_load((REPO / "configs" / "xor_tydi.yaml").read_text()))
     IndexBuildConfig.model_validate(_load("build_index.yaml"))
+
+
+def test_cluster_image_is_in_step_with_pyproject_and_setup():
+    """The Dockerfile's Ray is the Ray pyproject pins (a client must match the cluster exactly), its Python
+    is one pyproject allows and the CI machine runs, and its torch is the one scripts/setup.sh installs."""
+    import re
+    import sys
+
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    dockerfile = (CLUSTER / "Dockerfile").read_text(encoding="utf-8")
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile, re.M))
+    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-\$\{CUDA_TAG\}$", dockerfile, re.M)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = {Requirement(r).name: Requirement(r).specifier for r in project["dependencies"]}
+    assert str(pins["ray"]) == f"=={args['RAY_VERSION']}"
+    python = f"{args['PYTHON_TAG'][2]}.{args['PYTHON_TAG'][3:]}"
+    assert python in SpecifierSet(project["requires-python"])
+    assert python == f"{sys.version_info[0]}.{sys.version_info[1]}", "CI tests another Python than the image runs"
+    assert args["TORCH_VERSION"] in pins["torch"]
+    assert f'"torch=={args["TORCH_VERSION"]}"' in (REPO / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    assert re.fullmatch(r"cu\d{3}", args["CUDA_TAG"])
+    for manifest in ("raycluster.yaml", "rayjob.yaml", "rayservice.yaml"):
+        images = set(re.findall(r"image: (\S+)", (CLUSTER / "kuberay" / manifest).read_text(encoding="utf-8")))
+        assert images == {f"ghcr.io/example/xdr:{project['version']}"}, (manifest, images)
