@@ -99,13 +99,32 @@ def ray_log_note(log_file: Path | None) -> str:
     return f"Ray's logs: {log_file}{session} (--verbose shows them here)"
 
 
+def _started_cluster_address() -> str:
+    """The cluster `ray start` last ran on this machine if it still answers, else "local". Ray itself would
+    try a stopped cluster's stale address (its file outlives a killed head) and hang."""
+    import socket
+
+    from ray._private.utils import read_ray_address
+
+    found = read_ray_address(None)
+    if found:
+        host, _, port = found.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return found
+        except (OSError, ValueError):
+            log.info("the Ray cluster last started on this machine (%s) does not answer; starting a local Ray",
+                     found)
+    return "local"
+
+
 def connect_ray(address: str | None = None, *, log_file: Path | None = None) -> None:
     """Join the cluster a `ray job submit` runs in (RAY_ADDRESS), or start a local Ray. With a log file,
     Ray's own lines go there instead of the terminal (see quiet_ray_logs)."""
     if ray.is_initialized():
         return
     kwargs = quiet_ray_logs(log_file) if log_file else {"logging_level": logging.WARNING}
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), **kwargs)
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or _started_cluster_address(), **kwargs)
     if log_file:
         quiet_ray_logs(log_file)
     log.info("Ray resources: %s", ray.cluster_resources())
