@@ -6,6 +6,7 @@
     xdr build-index --run URI ... the index build job (python -m ray_jobs.build_index)
     xdr serve --index URI ...     the search endpoint on this machine's Ray (Ctrl-C stops it)
     xdr search QUESTION ...       ask a running endpoint
+    xdr train-encoder --config F  train a dual encoder on Ray Train (python -m ray_jobs.train_encoder)
     xdr evaluate KIND ...         metrics on XQuAD-R, XQuAD (oracle xQG), MIRACL-yo, BEIR-style sets
     xdr build-tiny-models DIR     the offline test/demo models
     xdr config-reference          every config field with its default and meaning (Markdown)
@@ -99,12 +100,14 @@ def _config_reference(_: list[str]) -> None:
 
 
 def all_config_references() -> str:
-    from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig
+    from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig, TrainDataConfig, TrainEncoderConfig
 
     return "\n\n".join(f"### {title}\n\n{config_reference(model)}" for title, model in (
         ("Indexing job (`xdr index`, `ray_jobs.index_corpus`)", IndexingJobConfig),
         ("Index build job (`xdr build-index`, `ray_jobs.build_index`)", IndexBuildConfig),
-        ("Search endpoint (`xdr serve`, `ray_jobs.serve_app:app_builder`)", ServeConfig)))
+        ("Search endpoint (`xdr serve`, `ray_jobs.serve_app:app_builder`)", ServeConfig),
+        ("Encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`)", TrainEncoderConfig),
+        ("Training data source (each item of `train` and `validation`)", TrainDataConfig)))
 
 
 def config_reference(model, prefix: str = "") -> str:
@@ -194,6 +197,12 @@ def _search(argv: list[str]) -> None:
         print(client.format_hits(question, hits))
 
 
+def _train_encoder(argv: list[str]) -> None:
+    from ray_jobs.train_encoder import main as train_main
+
+    train_main(argv)
+
+
 def _evaluate(argv: list[str]) -> None:
     from xdr.eval.run import main as evaluate_main
 
@@ -201,7 +210,8 @@ def _evaluate(argv: list[str]) -> None:
 
 
 COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,
-            "evaluate": _evaluate, "build-tiny-models": _build_tiny_models, "config-reference": _config_reference}
+            "evaluate": _evaluate, "train-encoder": _train_encoder, "build-tiny-models": _build_tiny_models,
+            "config-reference": _config_reference}
 
 
 def main(argv: list[str] | None = None) -> None:

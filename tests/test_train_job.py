@@ -1,0 +1,129 @@
+"""The training job on a real local Ray (Ray Train, 2 gloo workers), checkpoints on a real S3 server, a
+worker killed mid-run, the driver killed and rerun, and the trained model in the indexing job's encoder."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from xdr.config import EncoderConfig, TrainEncoderConfig
+from xdr.encoder import make_encoder
+
+TOPICS = ["river water flows", "mountain snow peak", "city street houses", "music song singer", "bread oven baker",
+          "ship sea sailor", "star sky night", "forest tree leaves", "school teacher pupil", "train rail station",
+          "horse rider field", "king crown castle", "coffee cup morning", "rain cloud storm", "book page reader",
+          "fish lake hook"]
+
+
+def _parallel_rows(n_items: int = 64) -> list[dict]:
+    """Questions share their paragraph's topic words, so a model can learn to match them; 'xx' mirrors the
+    words (a second 'language' for cross-lingual batches)."""
+    rows = []
+    for i in range(n_items):
+        words = TOPICS[i % len(TOPICS)].split()
+        for lang, w in (("en", words), ("xx", [x[::-1] for x in words])):
+            rows.append({"id": f"q{i}", "lang": lang, "group": f"g{i % 8}", "question": f"{w[i % 3]} {w[(i + 1) % 3]}?",
+                         "passage": f"{' '.join(w)} number {i % len(TOPICS)}", "title": ""})
+    return rows
+
+
+def _config(tiny_models, tmp_path, output, **overrides) -> TrainEncoderConfig:
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _parallel_rows()), encoding="utf-8")
+    values = {"output": output, "model": str(tiny_models["encoder"]), "pooling": "mean", "normalize": True,
+              "train": [{"kind": "parallel_jsonl", "path": str(data)}],
+              "validation": [{"kind": "parallel_jsonl", "path": str(data)}],
+              "batch_size": 16, "lr": 2e-3, "steps": 30, "validate_every": 10, "checkpoint_every": 10,
+              "validation_batches": 2, "patience": 5, "temperature": 0.1, "num_workers": 2, "cpus_per_worker": 0.5,
+              "query_max_tokens": 16, "passage_max_tokens": 32, "max_failures": 2, **overrides}
+    return TrainEncoderConfig.model_validate(values)
+
+
+@pytest.mark.slow
+def test_two_workers_train_checkpoint_to_s3_and_the_model_indexes(ray_local, s3_server, tiny_models, tmp_path):
+    from ray_jobs.train_encoder import run_training
+
+    output = f"s3://{s3_server.bucket}/train/run1"
+    manifest = run_training(_config(tiny_models, tmp_path, output))
+    losses = [v for _, v in manifest["val_losses"]]
+    assert manifest["steps"] == 30 and len(losses) == 3 and losses[-1] < 0.8 * losses[0], losses
+    assert manifest["resumed_at"] == [] and manifest["best_step"] == 30
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(
+        Bucket=s3_server.bucket, Prefix="train/run1/").get("Contents", [])]
+    assert any("/checkpoints/" in k and k.endswith("state.pt") for k in keys), keys
+    assert {"train/run1/model/model.safetensors", "train/run1/manifest.json"} <= set(keys)
+
+    local = tmp_path / "model"  # encoder.model takes a local folder or a Hub id: copy the S3 folder down
+    local.mkdir()
+    for key in (k for k in keys if k.startswith("train/run1/model/")):
+        (local / key.rsplit("/", 1)[-1]).write_bytes(
+            s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read())
+    texts = ["river water", "king crown castle number 11"]
+    trained = make_encoder(EncoderConfig(model=str(local), pooling="mean", normalize=True)).encode_queries(texts)
+    before = make_encoder(EncoderConfig(model=str(tiny_models["encoder"]), pooling="mean",
+                                        normalize=True)).encode_queries(texts)
+    assert trained.shape == before.shape and np.abs(trained - before).max() > 1e-2
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(ray_local, tiny_models, tmp_path):
+    import threading
+
+    import psutil
+
+    from ray_jobs.train_encoder import run_training
+
+    output = tmp_path / "run"
+    config = _config(tiny_models, tmp_path, str(output), steps=40)
+    killed = []
+
+    def kill_a_worker_after_the_first_checkpoint():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if list(output.glob("checkpoints/*/checkpoint_*/state.pt")):
+                workers = [p for p in psutil.process_iter(["cmdline"])
+                           if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+                if workers:
+                    workers[0].send_signal(signal.SIGKILL)
+                    killed.append(workers[0].pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    manifest = run_training(config)
+    killer.join(timeout=1)
+    assert killed, "no Ray Train worker was found to kill"
+    assert manifest["steps"] == 40 and len(manifest["resumed_at"]) >= 1
+    assert all(step % 10 == 0 and step > 0 for step in manifest["resumed_at"])  # from a checkpoint, not step 0
+
+
+@pytest.mark.slow
+def test_the_driver_killed_and_rerun_resumes_without_redoing_checkpointed_steps(tiny_models, tmp_path):
+    config = _config(tiny_models, tmp_path, str(tmp_path / "run"), steps=40, num_workers=1, cpus_per_worker=1)
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XDR_LOG_DIR": str(tmp_path / "logs")}
+    env.pop("RAY_ADDRESS", None)
+    argv = [sys.executable, "-m", "ray_jobs.train_encoder", "--config", str(config_file), "--address", "local"]
+    first = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "run").glob("checkpoints/*/checkpoint_*/state.pt")):
+            assert time.monotonic() < deadline and first.poll() is None, "no checkpoint before the deadline"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        first.wait()
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["steps"] == 40 and len(manifest["resumed_at"]) == 1 and manifest["resumed_at"][0] >= 10
+    assert "use it: --encoder.model=" in done.stdout

@@ -1,0 +1,175 @@
+"""The training library without Ray: data loaders with rejects, the hybrid batch sampler, the losses
+against a hand computation, and a few real optimisation steps on a tiny encoder."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import SHARED_DATA
+from xdr.storage import Storage
+from xdr.train.data import ParallelItem, ParallelSet, Passage, load_parallel_jsonl, load_triplets, load_xquad
+from xdr.train.loss import contrastive_loss
+from xdr.train.samplers import HybridBatchSampler
+
+LANGS = ("de", "en", "fi", "ru")
+
+
+def _parallel(n_items=40, n_groups=8, langs=LANGS) -> ParallelSet:
+    items = []
+    for i in range(n_items):
+        item = ParallelItem(f"q{i}", f"g{i % n_groups}")
+        for lang in langs:
+            item.question[lang] = f"{lang} question {i}"
+            item.passage[lang] = Passage("", f"{lang} paragraph {i // 2}")  # two questions per paragraph
+        items.append(item)
+    return ParallelSet(items, langs)
+
+
+# --- data -------------------------------------------------------------------------------------------
+def test_triplet_and_parallel_rows_are_rejected_with_file_line_and_reason(tmp_path):
+    triplets = tmp_path / "t.jsonl"
+    triplets.write_text("\n".join([
+        json.dumps({"query": "q1", "positive_passages": [{"title": "T", "text": "p"}],
+                    "negative_passages": [{"text": "n1"}, {"text": "n2"}], "query_lang": "fi"}),
+        json.dumps({"query": "", "positive_passages": [{"text": "p"}]}),
+        json.dumps({"query": "q3", "positive_passages": []}),
+        json.dumps({"query": "q4", "positive_passages": [{"title": 5, "text": "p"}]}),
+        "{broken",
+        json.dumps({"query": "q6", "positive_passages": [{"text": "p"}], "negative_passages": [{"text": ""}]}),
+    ]) + "\n")
+    data, rejects = load_triplets(Storage(), [str(triplets)])
+    assert [(t.query, t.positive, len(t.negatives), t.query_lang) for t in data] == [("q1", Passage("T", "p"), 2,
+                                                                                      "fi")]
+    assert [(r.line, r.reason.split(":")[0]) for r in rejects] == [
+        (2, "missing query"), (3, "no positive_passages"), (4, "a positive passage title is not a string"),
+        (5, "invalid JSON"), (6, "a negative passage has no text")]
+
+    parallel = tmp_path / "p.jsonl"
+    rows = [{"id": "a", "lang": lang, "question": f"{lang}?", "passage": f"{lang} p"} for lang in ("en", "fi")]
+    rows += [{"id": "b", "lang": "en", "question": "q", "passage": "p"},  # lacks fi
+             {"id": "a", "lang": "en", "question": "again", "passage": "p"}, {"id": "c", "lang": "en"}]
+    parallel.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data, rejects = load_parallel_jsonl(Storage(), [str(parallel)])
+    assert [i.item_id for i in data.items] == ["a"] and data.languages == ("en", "fi")
+    assert sorted(r.reason for r in rejects) == ["duplicate (a, en)", "item b lacks languages ['fi']",
+                                                 "missing question"]
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside the repository")
+def test_xquad_split_by_article_is_parallel_across_12_languages():
+    train, rejects = load_xquad(Storage(), str(SHARED_DATA / "xquad"), articles=range(1, 33))
+    held_out, _ = load_xquad(Storage(), str(SHARED_DATA / "xquad"), articles=range(33, 49))
+    assert rejects == [] and len(train.languages) == 12
+    assert len(train.items) + len(held_out.items) == 1190
+    assert {i.group for i in train.items}.isdisjoint({i.group for i in held_out.items})
+    item = train.items[0]
+    assert set(item.question) == set(train.languages) and item.passage["en"].text != item.passage["de"].text
+
+
+# --- sampler ----------------------------------------------------------------------------------------
+def test_batch_kinds_have_the_language_make_up_the_paper_describes():
+    data = _parallel()
+    mono = HybridBatchSampler([data], batch_size=8, kind="xx_mono", negatives=2, seed=1)
+    cross = HybridBatchSampler([data], batch_size=8, kind="xy", negatives=2, seed=1)
+    for b in range(mono.batches_per_epoch):
+        batch = mono.global_batch(0, b)
+        assert len({(e.query_lang, e.passage_lang) for e in batch}) == 1
+        assert batch[0].query_lang == batch[0].passage_lang
+        for e in cross.global_batch(0, b):
+            assert e.query_lang != e.passage_lang
+            assert e.positive.text.startswith(e.passage_lang) and all(n.text.startswith(e.passage_lang)
+                                                                     for n in e.negatives)
+            assert e.query.startswith(e.query_lang) and all(n.text != e.positive.text for n in e.negatives)
+
+
+def test_hybrid_mixes_in_proportion_alpha_and_datasets_in_proportion_to_size():
+    small, large = _parallel(40), _parallel(120)
+    sampler = HybridBatchSampler([small, large], batch_size=8, kind="hybrid", alpha=0.25, seed=3)
+    kinds, sources = [], []
+    for epoch in range(30):
+        for b, (dataset, _) in enumerate(sampler.schedule(epoch)):
+            sources.append(dataset)
+            kinds.append(sampler.global_batch(epoch, b)[0].kind)
+    n = len(kinds)
+    assert sources.count(1) == 3 * sources.count(0)  # 15 vs 5 batches per epoch: exactly by size
+    share = kinds.count("xx_mono") / n  # binomial: mean 0.25, sd sqrt(.25*.75/600) ~ 0.018
+    assert abs(share - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n), share
+
+
+def test_every_item_once_per_epoch_deterministic_and_ranks_disjoint():
+    data = _parallel(48)
+    one = HybridBatchSampler([data], batch_size=8, seed=5)
+    again = HybridBatchSampler([data], batch_size=8, seed=5)
+    seen = sorted(int(i) for _, items in one.schedule(0) for i in items)
+    assert seen == list(range(48))
+    assert [one.global_batch(0, b) for b in range(6)] == [again.global_batch(0, b) for b in range(6)]
+    assert one.global_batch(0, 0) != HybridBatchSampler([data], batch_size=8, seed=6).global_batch(0, 0)
+    ranks = [HybridBatchSampler([data], batch_size=8, seed=5, rank=r, world_size=2) for r in range(2)]
+    for b in range(6):
+        parts = [r.local_batch(0, b) for r in ranks]
+        assert len(parts[0]) == len(parts[1]) == 4 and parts[0] + parts[1] == one.global_batch(0, b)
+
+
+def test_resume_mid_epoch_gives_exactly_the_remaining_batches():
+    data = _parallel(48)
+    straight = HybridBatchSampler([data], batch_size=8, seed=9)
+    expected = [b for b, _ in zip(iter(straight), range(10))]  # crosses the epoch boundary (6 per epoch)
+    first = HybridBatchSampler([data], batch_size=8, seed=9)
+    it = iter(first)
+    done = [next(it) for _ in range(4)]
+    state = json.loads(json.dumps(first.state_dict()))  # as stored in a checkpoint
+    resumed = HybridBatchSampler([data], batch_size=8, seed=9)
+    resumed.load_state_dict(state)
+    assert done + [b for b, _ in zip(iter(resumed), range(6))] == expected
+    with pytest.raises(ValueError, match="other data or settings"):
+        HybridBatchSampler([data], batch_size=4, seed=9).load_state_dict(state)
+
+
+def test_sampler_refuses_settings_it_cannot_honour():
+    with pytest.raises(ValueError, match="not divisible"):
+        HybridBatchSampler([_parallel()], batch_size=9, world_size=2)
+    with pytest.raises(ValueError, match="at least two languages"):
+        HybridBatchSampler([_parallel(langs=("en",))], batch_size=8, kind="xy")
+    with pytest.raises(ValueError, match="unknown batch kind"):
+        HybridBatchSampler([_parallel()], batch_size=8, kind="mixed")
+
+
+# --- losses -----------------------------------------------------------------------------------------
+def _hand_loss(scores_rows):
+    """-log softmax of the first entry, by hand."""
+    return float(np.mean([-row[0] + math.log(sum(math.exp(s) for s in row)) for row in scores_rows]))
+
+
+def test_xdr_loss_is_in_batch_softmax_over_all_passages_by_hand():
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    p = torch.tensor([[1.0, 1.0], [0.5, 0.0], [0.0, 1.0], [2.0, 0.0]])  # q0: p0+, p1-; q1: p2+, p3-
+    keys = torch.tensor([10, 11, 12, 13])
+    loss = contrastive_loss(q, p, keys, recipe="xdr", temperature=1.0)
+    # q0 . [p0 p1 p2 p3] = [1, .5, 0, 2]; q1 . [...] = [2, 0, 2, 0]; target first after reordering
+    expected = _hand_loss([[1, 0.5, 0, 2], [2, 2, 0, 0]])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_hybrid_eq1_uses_cosine_over_tau_own_positive_and_all_negatives():
+    q = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 5.0], [1.0, 0.0]])
+    keys = torch.tensor([1, 2, 3, 4])
+    tau = 0.5
+    loss = contrastive_loss(q, p, keys, recipe="hybrid", temperature=tau)
+    c = 1 / math.sqrt(2)
+    # q0: own positive p0 (cos c), negatives p1 (1), p3 (1); the other positive p2 is excluded
+    # q1: own positive p2 (1), negatives p1 (0), p3 (0)
+    expected = _hand_loss([[c / tau, 1 / tau, 1 / tau], [1 / tau, 0, 0]])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_duplicate_of_the_own_positive_is_never_a_negative():
+    q = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    same_paragraph = contrastive_loss(q, p, torch.tensor([7, 8, 7, 9]), recipe="xdr")
+    distinct = contrastive_loss(q, p, torch.tensor([7, 8, 6, 9]), recipe="xdr")
+    assert same_paragraph.item() == pytest.approx(_hand_loss([[1, 0, 0]]), rel=1e-6)
+    assert distinct.item() > same_paragraph.item()

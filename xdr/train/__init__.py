@@ -1,0 +1,1 @@
+"""Dual-encoder training: data, batch samplers, losses, the training loop (no Ray)."""
