@@ -190,11 +190,12 @@ def run_training(config: TrainEncoderConfig) -> dict[str, Any]:
     info = json.loads(storage.read_bytes(join(config.output, "model", "xdr_train.json")))
     with result.checkpoint.as_directory() as folder:
         progress = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)["progress"]
-    manifest = _write_manifest(storage, config, progress, info, rejects, time.perf_counter() - started)
+    manifest = _write_manifest(storage, config, progress, info, rejects, time.perf_counter() - started,
+                               result.metrics or {})
     return manifest
 
 
-def _write_manifest(storage, config, progress, info, rejects, seconds) -> dict:
+def _write_manifest(storage, config, progress, info, rejects, seconds, last_metrics: dict) -> dict:
     from xdr.manifest import code_version
 
     data_files = []
@@ -207,6 +208,7 @@ def _write_manifest(storage, config, progress, info, rejects, seconds) -> dict:
         "steps": progress["step"], "best_step": info["step"], "best_val_loss": info["val_loss"],
         "val_losses": progress["val_losses"], "resumed_at": progress["resumed_at"], "rejects": len(rejects),
         "reject_examples": [vars(r) for r in rejects[:20]], "data_files": data_files, "seconds": round(seconds, 1),
+        "examples_per_s": last_metrics.get("examples_per_s"),  # of the last attempt, start-up excluded
     }
     storage.write_bytes(join(config.output, "manifest.json"), json.dumps(manifest, indent=2).encode())
     return manifest

@@ -66,7 +66,8 @@ def test_two_workers_train_checkpoint_to_s3_and_the_model_indexes(ray_local, s3_
     manifest = run_training(_config(tiny_models, tmp_path, output))
     losses = [v for _, v in manifest["val_losses"]]
     assert manifest["steps"] == 30 and len(losses) == 3 and losses[-1] < 0.8 * losses[0], losses
-    assert manifest["resumed_at"] == [] and manifest["best_step"] == 30
+    assert manifest["resumed_at"] == [] and manifest["best_step"] == 30 and manifest["examples_per_s"] > 0
+    assert len(manifest["data_files"]) == 2 and all(len(f["sha256"]) == 64 for f in manifest["data_files"])
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(
         Bucket=s3_server.bucket, Prefix="train/run1/").get("Contents", [])]
     assert any("/checkpoints/" in k and k.endswith("state.pt") for k in keys), keys

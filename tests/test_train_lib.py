@@ -173,3 +173,15 @@ def test_a_duplicate_of_the_own_positive_is_never_a_negative():
     distinct = contrastive_loss(q, p, torch.tensor([7, 8, 6, 9]), recipe="xdr")
     assert same_paragraph.item() == pytest.approx(_hand_loss([[1, 0, 0]]), rel=1e-6)
     assert distinct.item() > same_paragraph.item()
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside the repository")
+def test_held_out_xquad_r_articles_hold_exactly_the_questions_training_never_saw():
+    from xdr.eval.datasets import load_lareqa
+
+    held_out = load_lareqa(SHARED_DATA / "xquad-r", articles=range(33, 49))
+    unseen, _ = load_xquad(Storage(), str(SHARED_DATA / "xquad"), articles=range(33, 49))
+    seen, _ = load_xquad(Storage(), str(SHARED_DATA / "xquad"), articles=range(1, 33))
+    assert {q.qid for q in held_out.questions["de"]} == {i.item_id for i in unseen.items}
+    assert {q.qid for q in held_out.questions["de"]}.isdisjoint({i.item_id for i in seen.items})
+    assert len(held_out.languages) == 11 and all(held_out.relevant[("en", q.qid)] for q in held_out.questions["en"])

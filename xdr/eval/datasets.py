@@ -55,8 +55,11 @@ def _answer_sentence(breaks: list[list[int]], answer_start: int) -> int:
     raise ValueError(f"answer at {answer_start} lies in no sentence {breaks}")
 
 
-def load_lareqa(folder: str | Path, languages: tuple[str, ...] | None = None) -> LareqaDataset:
-    """`{lang}.json` files with `sentences` and `sentence_breaks` per paragraph (LAReQA format)."""
+def load_lareqa(folder: str | Path, languages: tuple[str, ...] | None = None,
+                articles: range | None = None) -> LareqaDataset:
+    """`{lang}.json` files with `sentences` and `sentence_breaks` per paragraph (LAReQA format). `articles`
+    keeps those article numbers only (1-based, file order; XQuAD-R's order is XQuAD's), e.g. range(33, 49)
+    for the articles a model trained on XQuAD 1-32 never saw."""
     folder = Path(folder)
     languages = languages or tuple(sorted(p.stem for p in folder.glob("*.json")))
     if not languages:
@@ -71,7 +74,9 @@ def load_lareqa(folder: str | Path, languages: tuple[str, ...] | None = None) ->
         data = json.loads(path.read_text(encoding="utf-8"))["data"]
         questions[lang] = []
         paragraph = -1
-        for article in data:
+        for number, article in enumerate(data, start=1):
+            if articles is not None and number not in articles:
+                continue
             for para in article["paragraphs"]:
                 paragraph += 1
                 first = len(candidates)

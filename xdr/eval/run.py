@@ -30,7 +30,8 @@ def _encoder(args):
 
 
 def _lareqa(args) -> tuple[dict, str]:
-    result = experiments.lareqa_evaluate(datasets.load_lareqa(args.data), _encoder(args), k=args.k)
+    articles = range(args.articles[0], args.articles[1] + 1) if args.articles else None
+    result = experiments.lareqa_evaluate(datasets.load_lareqa(args.data, articles=articles), _encoder(args), k=args.k)
     langs = sorted(result["questions_per_language"])
     rows = {lang: {"mono": result["mono"][lang], "cross": result["cross"][lang], "multi": result["multi"][lang],
                    "bias": result["language_bias"][lang]} for lang in langs + ["avg"]}
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("lareqa", help="XQuAD-R / MLQA-R: mAP mono/cross/multi, language bias")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--k", type=int, default=None, help="truncate AP at k")
+    p.add_argument("--articles", type=int, nargs=2, metavar=("FIRST", "LAST"),
+                   help="only these articles (1-based, inclusive), e.g. 33 48: those held out of training")
     _encoder_args(p)
     p = sub.add_parser("oracle-xqg", help="XQuAD with human questions as the generated queries")
     p.add_argument("--data", type=Path, required=True)

