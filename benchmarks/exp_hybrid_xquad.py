@@ -104,7 +104,8 @@ def main() -> None:
     parser.add_argument("--xquad", type=Path, default=REPO.parent / "shared" / "data" / "xquad")
     parser.add_argument("--xquad-r", type=Path, default=REPO.parent / "shared" / "data" / "xquad-r")
     parser.add_argument("--kinds", nargs="+", default=["xx_mono", "xy", "hybrid"])
-    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--alpha", type=float, nargs="+", default=[0.5],
+                        help="hybrid's alpha; several values run one hybrid setting each (the alpha sweep)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -126,15 +127,17 @@ def main() -> None:
     print(f"zero-shot: mono {zero_shot['mono']['avg']:.4f} cross {zero_shot['cross']['avg']:.4f} "
           f"multi {zero_shot['multi']['avg']:.4f} ({time.perf_counter() - started:.0f}s)", flush=True)
     runs, curves = {}, {}
-    for kind in args.kinds:
+    settings = [(kind, alpha, kind if kind != "hybrid" or args.alpha == [0.5] else f"hybrid alpha={alpha}")
+                for kind in args.kinds for alpha in (args.alpha if kind == "hybrid" else [0.5])]
+    for kind, alpha, name in settings:
         for seed in args.seeds:
             t = time.perf_counter()
-            model, curve = train_one(kind, args.alpha, seed, args, train, val)
+            model, curve = train_one(kind, alpha, seed, args, train, val)
             encoder = UseTorchEncoder(EncoderConfig(model="usem3", batch_size=128), "cpu", model=model.model)
             result = evaluate(encoder, held_out)
-            runs.setdefault(kind, []).append(result)
-            curves[f"{kind}/seed{seed}"] = curve
-            print(f"{kind} seed {seed}: mono {result['mono']['avg']:.4f} cross {result['cross']['avg']:.4f} "
+            runs.setdefault(name, []).append(result)
+            curves[f"{name}/seed{seed}"] = curve
+            print(f"{name} seed {seed}: mono {result['mono']['avg']:.4f} cross {result['cross']['avg']:.4f} "
                   f"multi {result['multi']['avg']:.4f} bias {result['language_bias']['avg']:.1f} "
                   f"val {curve} ({time.perf_counter() - t:.0f}s)", flush=True)
     summary = summarise(runs, zero_shot, held_out.languages)

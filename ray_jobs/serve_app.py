@@ -27,7 +27,7 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
-from xdr.config import EncoderConfig, ServeConfig
+from xdr.config import EncoderConfig, ServeConfig, StorageConfig
 from xdr.encoder import make_encoder
 from xdr.index import IndexLayout
 from xdr.search import ShardSearcher, merge_topk
@@ -54,6 +54,13 @@ class SearchResponse(BaseModel):
     took_ms: float
 
 
+def _make_encoder(spec: dict):
+    """{"encoder": EncoderConfig, "storage": StorageConfig} as dicts -> the encoder (an s3:// model folder is
+    fetched with the index's storage settings)."""
+    return make_encoder(EncoderConfig.model_validate(spec["encoder"]),
+                        storage=Storage(StorageConfig.model_validate(spec["storage"])))
+
+
 @serve.deployment
 class QueryEncoder:
     """Encodes queries in batches. The batch does not wait for company (timeout 0): under load, the texts
@@ -61,7 +68,7 @@ class QueryEncoder:
     batches grow with the load."""
 
     def __init__(self, encoder: dict, batch_size: int, batch_wait_s: float):
-        self.encoder = make_encoder(EncoderConfig.model_validate(encoder))
+        self.encoder = _make_encoder(encoder)
         self._encode_batch.set_max_batch_size(batch_size)
         self._encode_batch.set_batch_wait_timeout_s(batch_wait_s)
 
@@ -76,7 +83,6 @@ class QueryEncoder:
 @serve.deployment
 class IndexShard:
     def __init__(self, index_root: str, shard: int, storage: dict, cache_dir: str | None):
-        from xdr.config import StorageConfig
 
         self.searcher = ShardSearcher(index_root, shard, storage=Storage(StorageConfig.model_validate(storage)),
                                       cache_dir=cache_dir)
@@ -134,7 +140,7 @@ class Router:
                  token: str | None):
         self.shards, self.limits, self.info, self.token = shards, limits, info, token
         self.encoder_handle = encoder if isinstance(encoder, DeploymentHandle) else None
-        self.encoder = None if self.encoder_handle else make_encoder(EncoderConfig.model_validate(encoder))
+        self.encoder = None if self.encoder_handle else _make_encoder(encoder)
         self._search_batch.set_max_batch_size(limits["batch_size"])
         self._search_batch.set_batch_wait_timeout_s(limits["batch_wait_s"])
         self.in_flight = 0
@@ -255,7 +261,7 @@ def build_app(config: ServeConfig):
     def scaling(bounds: tuple[int, int], target: float) -> dict:
         return {"min_replicas": bounds[0], "max_replicas": bounds[1], "target_ongoing_requests": target}
 
-    encoder_arg = encoder.model_dump(mode="json")  # the Router encodes itself
+    encoder_arg = {"encoder": encoder.model_dump(mode="json"), "storage": storage_dict}  # the Router encodes
     if config.separate_encoder:
         encoder_arg = QueryEncoder.options(
             autoscaling_config=scaling(config.encoder_replicas, config.encoder_batch_size / 2),

@@ -28,6 +28,7 @@ from ray.train.torch import TorchTrainer
 
 from ray_jobs.common import run_job
 from xdr.config import TrainDataConfig, TrainEncoderConfig
+from xdr.model_files import local_model
 from xdr.storage import Storage, is_s3, join
 
 log = logging.getLogger("xdr.train")
@@ -88,7 +89,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         n = min(config.validation_batches, val_sampler.batches_per_epoch)
         validation = [val_sampler.local_batch(0, b) for b in range(n)]
 
-    encoder = TrainableEncoder(config.model, pooling=config.pooling, normalize=config.normalize)
+    encoder = TrainableEncoder(local_model(config.model, storage), pooling=config.pooling, normalize=config.normalize)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     progress = {"step": 0, "best_val": None, "bad_validations": 0, "val_losses": [], "resumed_at": []}

