@@ -7,6 +7,7 @@
     xdr serve --index URI ...     the search endpoint on this machine's Ray (Ctrl-C stops it)
     xdr search QUESTION ...       ask a running endpoint
     xdr train-encoder --config F  train a dual encoder on Ray Train (python -m ray_jobs.train_encoder)
+    xdr tune-index --eval.kind=K  factories x nprobe in the task metric, speed, memory (ray_jobs.tune_index)
     xdr evaluate KIND ...         metrics on XQuAD-R, XQuAD (oracle xQG), MIRACL-yo, BEIR-style sets
     xdr build-tiny-models DIR     the offline test/demo models
     xdr config-reference          every config field with its default and meaning (Markdown)
@@ -100,14 +101,16 @@ def _config_reference(_: list[str]) -> None:
 
 
 def all_config_references() -> str:
-    from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig, TrainDataConfig, TrainEncoderConfig
+    from xdr.config import (IndexBuildConfig, IndexingJobConfig, ServeConfig, TrainDataConfig, TrainEncoderConfig,
+                            TuneIndexConfig)
 
     return "\n\n".join(f"### {title}\n\n{config_reference(model)}" for title, model in (
         ("Indexing job (`xdr index`, `ray_jobs.index_corpus`)", IndexingJobConfig),
         ("Index build job (`xdr build-index`, `ray_jobs.build_index`)", IndexBuildConfig),
         ("Search endpoint (`xdr serve`, `ray_jobs.serve_app:app_builder`)", ServeConfig),
         ("Encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`)", TrainEncoderConfig),
-        ("Training data source (each item of `train` and `validation`)", TrainDataConfig)))
+        ("Training data source (each item of `train` and `validation`)", TrainDataConfig),
+        ("Index tuning job (`xdr tune-index`, `ray_jobs.tune_index`)", TuneIndexConfig)))
 
 
 def config_reference(model, prefix: str = "") -> str:
@@ -203,6 +206,12 @@ def _train_encoder(argv: list[str]) -> None:
     train_main(argv)
 
 
+def _tune_index(argv: list[str]) -> None:
+    from ray_jobs.tune_index import main as tune_main
+
+    tune_main(argv)
+
+
 def _evaluate(argv: list[str]) -> None:
     from xdr.eval.run import main as evaluate_main
 
@@ -210,7 +219,7 @@ def _evaluate(argv: list[str]) -> None:
 
 
 COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,
-            "evaluate": _evaluate, "train-encoder": _train_encoder, "build-tiny-models": _build_tiny_models,
+            "evaluate": _evaluate, "train-encoder": _train_encoder, "tune-index": _tune_index, "build-tiny-models": _build_tiny_models,
             "config-reference": _config_reference}
 
 

