@@ -1,4 +1,5 @@
-"""GPU throughput of the generation and encoding stages against the machine's measured ceilings (issue 5).
+"""GPU throughput of the generation and encoding stages against the machine's measured ceilings (issue 5),
+plus the USE module, an encoder training step and IVF k-means (issue 12).
 
     python benchmarks/bench_gpu.py --json gpu.json          # on an H100/H200: realistic model sizes
     python benchmarks/bench_gpu.py --tiny                    # anywhere: the same code paths, tiny sizes
@@ -181,6 +182,104 @@ def bench_generator(model, tokenizer, device, ceiling_tflops, rng, tiny: bool) -
     return results
 
 
+def bench_use(device, rng, tiny: bool) -> dict:
+    """USE v3 as the PyTorch module (random weights of the real shapes: the package is not on the GPU
+    machine), sentences of 8-40 tokens, fp32 and bf16 autocast."""
+    from xdr.use_model import UseModel
+
+    model = (UseModel(vocab_size=2000) if tiny else UseModel()).to(device).eval()
+    n, batch = (512, 128) if tiny else (131_072, 4096)
+    lengths = rng.integers(8, 41, size=n)
+    ids = torch.zeros(n, 40, dtype=torch.int64)
+    mask = torch.zeros(n, 40, dtype=torch.int64)
+    for i, t in enumerate(lengths):
+        ids[i, :t] = torch.from_numpy(rng.integers(1, model.embedding.num_embeddings, size=int(t)))
+        mask[i, :t] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    out = {}
+    for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        @torch.no_grad()
+        def run(dtype=dtype):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                for i in range(0, n, batch):
+                    model(ids[i: i + batch], mask[i: i + batch])
+        out[f"sentences_per_s_{label}"] = n / timed(run)
+    return out
+
+
+def bench_train_step(bert, tokenizer_dir: Path, device, rng, tiny: bool) -> dict:
+    """One optimizer step of the encoder trainer (xdr.train: TrainableEncoder, train_step, the hybrid loss)
+    on mBERT-base shapes: 64 queries (<= 32 tokens) and 64 positives + 64 hard negatives (128 tokens), bf16
+    autocast on a GPU."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from xdr.train.data import Passage
+    from xdr.train.loop import train_step
+    from xdr.train.model import TrainableEncoder
+    from xdr.train.samplers import TrainingExample
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    words = [w for w in tokenizer.get_vocab() if w.isalpha()][:5000]
+    with tempfile.TemporaryDirectory() as folder:
+        bert.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        model = TrainableEncoder(folder, pooling="cls").to(device)
+    queries, size, steps = (8, 2, 2) if tiny else (64, 64, 10)
+
+    def text(n_words):
+        return " ".join(rng.choice(words, size=n_words))
+
+    batch = [TrainingExample(text(12), Passage("", text(100)), (Passage("", text(100)),), "en", "en",
+                             "xy") for _ in range(queries)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    kwargs = {"recipe": "hybrid", "temperature": 0.05, "query_max_tokens": 32, "passage_max_tokens": 128}
+    seconds = timed(lambda: [train_step(model, optimizer, None, batch, autocast_dtype=dtype, **kwargs)
+                             for _ in range(steps)]) / steps
+    return {"examples_per_s": queries / seconds, "step_s": seconds, "batch": queries, "passages_per_step": 2 * queries,
+            "autocast": str(dtype)}
+
+
+def bench_ivf(device, rng, tiny: bool) -> dict:
+    """IVF coarse-quantizer training (k-means, 10 iterations): faiss-cpu on all cores against the PyTorch
+    k-means of faiss.contrib (faiss' own loop, assignment by a matmul on the device)."""
+    import faiss
+    from faiss.contrib.clustering import kmeans
+    from faiss.contrib.torch.clustering import DatasetAssign
+
+    n, d, k = (20_000, 64, 64) if tiny else (1_000_000, 768, 4096)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+
+    class MatmulAssign(DatasetAssign):  # nearest centroid by |x|^2 - 2 x.c + |c|^2, in chunks
+        def perform_search(self, centroids):
+            c_norm = (centroids ** 2).sum(1)
+            dist, idx = [], []
+            for i in range(0, self.x.shape[0], 65_536):
+                chunk = self.x[i: i + 65_536]
+                scores = (chunk ** 2).sum(1, keepdim=True) - 2 * chunk @ centroids.T + c_norm
+                best = scores.min(1)
+                dist.append(best.values)
+                idx.append(best.indices)
+            return torch.cat(dist)[:, None], torch.cat(idx)[:, None]
+
+    start = time.perf_counter()
+    cpu = faiss.Kmeans(d, k, niter=10, seed=1, verbose=False, max_points_per_centroid=n)
+    cpu.train(x)
+    cpu_s = time.perf_counter() - start
+    data = MatmulAssign(torch.from_numpy(x).to(device))
+    sync()
+    start = time.perf_counter()
+    centroids = kmeans(k, data, niter=10, seed=1, verbose=False)
+    sync()
+    torch_s = time.perf_counter() - start
+    objective = lambda c: float(faiss.knn(x, np.ascontiguousarray(c, dtype=np.float32), 1)[0].mean())  # noqa: E731
+    return {"vectors": n, "dim": d, "lists": k, "faiss_cpu_s": cpu_s, "torch_s": torch_s, "speedup": cpu_s / torch_s,
+            "faiss_threads": faiss.omp_get_max_threads(), "mse_faiss_cpu": objective(cpu.centroids),
+            "mse_torch": objective(torch.as_tensor(centroids).cpu().numpy())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny models and inputs: checks the script anywhere")
@@ -197,6 +296,9 @@ def main() -> None:
                         rng, args.tiny)
     gen = bench_generator(mt5, AutoTokenizer.from_pretrained(tokenizers["generator"]), device,
                           ceiling["matmul_tflops"], rng, args.tiny)
+    use = bench_use(device, rng, args.tiny)
+    train = bench_train_step(bert, tokenizers["encoder"], device, rng, args.tiny)
+    ivf = bench_ivf(device, rng, args.tiny)
     print(f"\ndevice: {name}; torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}; tiny={args.tiny}")
     print(f"ceilings: matmul {ceiling['matmul_tflops']:.1f} TFLOP/s ({ceiling['dtype']}), "
           f"copy {ceiling['copy_gb_s']:.0f} GB/s")
@@ -211,9 +313,17 @@ def main() -> None:
               f"({r['flop_fraction']:.1%} of the ceiling); outputs valid: {r['outputs_valid']}")
     print(f"generator seed-style loop (32 tokens): {gen['seed_loop_passages_per_s']:,.1f} passages/s "
           f"(ours x{gen['speedup_vs_seed_loop']:.2f})")
+    print(f"USE v3 (PyTorch module): {use['sentences_per_s_fp32']:,.0f} sentences/s fp32, "
+          f"{use['sentences_per_s_bf16']:,.0f} bf16 (8-40 tokens)")
+    print(f"encoder training step ({train['autocast']} autocast): {train['examples_per_s']:,.1f} examples/s "
+          f"({train['batch']} queries + {train['passages_per_step']} passages per step)")
+    print(f"IVF k-means {ivf['vectors']:,} x {ivf['dim']} -> {ivf['lists']} lists, 10 iterations: faiss-cpu "
+          f"{ivf['faiss_cpu_s']:.1f}s ({ivf['faiss_threads']} threads), PyTorch on {device.type} {ivf['torch_s']:.1f}s "
+          f"(x{ivf['speedup']:.1f}); mean squared distance {ivf['mse_faiss_cpu']:.4f} vs {ivf['mse_torch']:.4f}")
     if args.json:
         args.json.write_text(json.dumps({"device": name, "ceilings": ceiling, "encoder": enc, "generator": gen,
-                                         "tiny": args.tiny}, indent=2))
+                                         "use": use, "train_step": train, "ivf_training": ivf, "tiny": args.tiny},
+                                        indent=2))
 
 
 if __name__ == "__main__":
