@@ -101,8 +101,14 @@ def _config_reference(_: list[str]) -> None:
 
 
 def all_config_references() -> str:
-    from xdr.config import (IndexBuildConfig, IndexingJobConfig, ServeConfig, TrainDataConfig, TrainEncoderConfig,
-                            TuneIndexConfig)
+    from xdr.config import (
+        IndexBuildConfig,
+        IndexingJobConfig,
+        ServeConfig,
+        TrainDataConfig,
+        TrainEncoderConfig,
+        TuneIndexConfig,
+    )
 
     return "\n\n".join(f"### {title}\n\n{config_reference(model)}" for title, model in (
         ("Indexing job (`xdr index`, `ray_jobs.index_corpus`)", IndexingJobConfig),
@@ -219,7 +225,8 @@ def _evaluate(argv: list[str]) -> None:
 
 
 COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,
-            "evaluate": _evaluate, "train-encoder": _train_encoder, "tune-index": _tune_index, "build-tiny-models": _build_tiny_models,
+            "evaluate": _evaluate, "train-encoder": _train_encoder, "tune-index": _tune_index,
+            "build-tiny-models": _build_tiny_models,
             "config-reference": _config_reference}
 
 

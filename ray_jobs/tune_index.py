@@ -185,7 +185,8 @@ def markdown(result: dict) -> str:
              "query at a time. Δ = relative difference from exact search (Flat), p = paired t-test over queries.",
              "", "| index | nprobe | dtype | " + " | ".join(measures) + f" | Δ {primary} | p | q/s | p50 ms | p99 ms "
              "| bytes/vector | build s |", "|" + "---|" * (len(measures) + 10)]
-    for p in sorted(result["points"], key=lambda p: (p["dtype"], p["bytes_per_vector"], p["factory"], p["nprobe"] or 0)):
+    order = sorted(result["points"], key=lambda p: (p["dtype"], p["bytes_per_vector"], p["factory"], p["nprobe"] or 0))
+    for p in order:
         vs = p.get("vs_exact", {}).get(primary, {"relative": 0.0, "p": 1.0})
         lines.append(f"| {p['factory']} | {p['nprobe'] or '-'} | {p['dtype']} | "
                      + " | ".join(f"{p['metrics'][m]:.4f}" for m in measures)
@@ -257,7 +258,8 @@ def format_summary(result: dict) -> str:
     proj = rec["projection"]
     return (f"{head}\nrecommended (within {result['max_loss']:.1%}): {rec['point']}\n"
             f"at {proj['vectors']:,} vectors: {proj['factory']} nprobe {proj['nprobe']}, "
-            f"{proj['bytes'] / 2**30:.1f} GiB ({proj['bytes_per_shard'] / 2**30:.2f} GiB per shard x {proj['shards']})\n"
+            f"{proj['bytes'] / 2**30:.1f} GiB ({proj['bytes_per_shard'] / 2**30:.2f} GiB per shard x "
+            f"{proj['shards']})\n"
             f"report: {join(result['output'], 'result.md')}")
 
 

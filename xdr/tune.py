@@ -51,7 +51,8 @@ def beir_set(name: str, data, lang: str = "", depth: int = 100,
     qrels = {q: data.qrels[q] for q in qids}
 
     def score(ranked, scores):
-        run = {q: {d: float(s) for d, s in zip(row, srow) if d is not None} for q, row, srow in zip(qids, ranked, scores)}
+        run = {q: {d: float(s) for d, s in zip(row, srow) if d is not None}
+               for q, row, srow in zip(qids, ranked, scores)}
         _, per_query = trec_metrics(run, qrels, measures)
         return {m: np.array([per_query[m][q] for q in qids]) for m in per_query}
 

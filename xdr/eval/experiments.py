@@ -163,8 +163,8 @@ def beir_evaluate(data: BeirDataset, encoder: Encoder, *, k: int = 100, batch: i
         for qid, ids, scores in zip(qids, hits.ids, hits.scores):
             run[qid] = {d: float(s) for d, s in zip(ids, scores) if d is not None}
         aggregate, per_query = trec_metrics(run, {q: data.qrels[q] for q in qids}, measures)
-        return {"metrics": aggregate, "queries": len(qids), "documents": searcher.manifest["vectors"], "per_query": per_query,
-                "index": index_uri, "nprobe": nprobe}
+        return {"metrics": aggregate, "queries": len(qids), "documents": searcher.manifest["vectors"],
+                "per_query": per_query, "index": index_uri, "nprobe": nprobe}
     doc_ids = list(data.corpus)
     doc_emb = encoder.encode_passages([data.corpus[d][0] for d in doc_ids], [data.corpus[d][1] for d in doc_ids])
     for start in range(0, len(qids), batch):
