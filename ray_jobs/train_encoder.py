@@ -89,8 +89,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
         n = min(config.validation_batches, val_sampler.batches_per_epoch)
         validation = [val_sampler.local_batch(0, b) for b in range(n)]
 
-    encoder = TrainableEncoder(local_model(config.model, storage), pooling=config.pooling, normalize=config.normalize)
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    encoder = TrainableEncoder(local_model(config.model, storage), pooling=config.pooling, normalize=config.normalize,
+                               lora=config.lora.model_dump() if config.lora else None)
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     progress = {"step": 0, "best_val": None, "bad_validations": 0, "val_losses": [], "resumed_at": []}
     checkpoint = ray.train.get_checkpoint()
@@ -159,7 +161,7 @@ def _export_model(storage: Storage, config: TrainEncoderConfig, encoder, step: i
         for path in sorted(Path(folder).iterdir()):
             storage.write_bytes(join(config.output, "model", path.name), path.read_bytes())
     storage.write_bytes(join(config.output, "model", "xdr_train.json"),
-                        json.dumps({"step": step, "val_loss": val_loss}).encode())
+                        json.dumps({"step": step, "val_loss": val_loss, **encoder.parameter_counts()}).encode())
 
 
 def _run_storage(storage: Storage, config: TrainEncoderConfig) -> dict:
@@ -209,6 +211,7 @@ def _write_manifest(storage, config, progress, info, rejects, seconds, last_metr
         "status": "complete", "run_name": run_name(config), "config": config.model_dump(mode="json"),
         "code_version": code_version(), "model_folder": join(config.output, "model"),
         "steps": progress["step"], "best_step": info["step"], "best_val_loss": info["val_loss"],
+        "parameters": info.get("parameters"), "trainable_parameters": info.get("trainable_parameters"),
         "val_losses": progress["val_losses"], "resumed_at": progress["resumed_at"], "rejects": len(rejects),
         "reject_examples": [vars(r) for r in rejects[:20]], "data_files": data_files, "seconds": round(seconds, 1),
         "examples_per_s": last_metrics.get("examples_per_s"),  # of the last attempt, start-up excluded

@@ -68,6 +68,7 @@ def test_two_workers_train_checkpoint_to_s3_and_the_model_indexes(ray_local, s3_
     losses = [v for _, v in manifest["val_losses"]]
     assert manifest["steps"] == 30 and len(losses) == 3 and losses[-1] < 0.8 * losses[0], losses
     assert manifest["resumed_at"] == [] and manifest["best_step"] == 30 and manifest["examples_per_s"] > 0
+    assert 0.9 * manifest["parameters"] < manifest["trainable_parameters"] < manifest["parameters"]  # all but pooler
     assert len(manifest["data_files"]) == 2 and all(len(f["sha256"]) == 64 for f in manifest["data_files"])
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(
         Bucket=s3_server.bucket, Prefix="train/run1/").get("Contents", [])]
@@ -127,6 +128,20 @@ def _index_and_search_over_the_endpoint(s3_server, tiny_models, trained_config, 
     np.testing.assert_allclose([[h["score"] for h in row] for row in results], expected.scores, rtol=1e-4)
     with_base_questions = indexed.search(base, k=5)  # what an endpoint encoding with the base model returns
     assert not np.allclose(with_base_questions.scores, expected.scores, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_lora_on_two_workers_trains_adapters_only_and_writes_a_merged_model(ray_local, tiny_models, tmp_path):
+    from ray_jobs.train_encoder import run_training
+
+    config = _config(tiny_models, tmp_path, str(tmp_path / "lora"), steps=10, validate_every=5, checkpoint_every=5,
+                     lora={"rank": 4, "alpha": 8, "dropout": 0.0})
+    manifest = run_training(config)
+    assert manifest["steps"] == 10 and 0 < manifest["trainable_parameters"] < 0.05 * manifest["parameters"]
+    texts = ["river water", "king crown castle number 11"]
+    trained = make_encoder(EncoderConfig(model=manifest["model_folder"], pooling="mean", normalize=True))
+    base = make_encoder(EncoderConfig(model=str(tiny_models["encoder"]), pooling="mean", normalize=True))
+    assert np.abs(trained.encode_queries(texts) - base.encode_queries(texts)).max() > 1e-3
 
 
 @pytest.mark.slow

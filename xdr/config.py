@@ -256,6 +256,14 @@ class TrainDataConfig(_Section):
     _absolute_path = field_validator("path")(classmethod(lambda cls, v: absolute_location(v)))
 
 
+class LoraSettings(_Section):
+    rank: int = Field(8, gt=0, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; none = every linear layer (peft's all-linear).")
+
+
 class TrainEncoderConfig(_Section):
     """The encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`). Defaults are the hybrid-batch
     paper's (METHOD.md section 2); `recipe: xdr` with `negatives: 7`, `temperature: 1` is the xQG paper's
@@ -289,6 +297,10 @@ class TrainEncoderConfig(_Section):
     patience: int = Field(3, ge=1, description="Stop after this many validations without a better loss.")
     checkpoint_every: int = Field(100, gt=0, description="Steps between checkpoints (and at the end).")
     report_every: int = Field(10, gt=0, description="Steps between progress lines.")
+    lora: LoraSettings | None = Field(
+        None, description="LoRA (peft) instead of full fine-tuning: {rank: 8, alpha: 16, dropout: 0.05, "
+        "target_modules: null = all linear layers}; the backbone is frozen and the adapters are merged into the "
+        "weights of the written model.")
     num_workers: int = Field(1, gt=0, description="Data-parallel Ray Train workers.")
     use_gpu: bool = Field(False, description="One GPU per worker (NCCL), bf16 autocast.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")

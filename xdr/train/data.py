@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from xdr.storage import Storage
+if TYPE_CHECKING:  # type hints only: the GPU benchmark imports this module where pyarrow may be missing
+    from xdr.storage import Storage
 
 
 @dataclass(frozen=True)

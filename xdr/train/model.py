@@ -4,6 +4,7 @@ takes."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -15,7 +16,9 @@ from xdr.encoder import USE_MODEL, pool
 class TrainableEncoder(nn.Module):
     """encode(texts, max_tokens) -> [N, d] with gradients; save(folder)."""
 
-    def __init__(self, model_name: str, *, pooling: str = "cls", normalize: bool = False):
+    def __init__(self, model_name: str, *, pooling: str = "cls", normalize: bool = False, lora: dict | None = None):
+        """`lora` ({rank, alpha, dropout, target_modules}): peft LoRA adapters train and the backbone stays
+        frozen; `save` merges them into the weights, so the folder loads like any fine-tuned model."""
         super().__init__()
         from xdr.use_model import is_use_folder, load_use
 
@@ -31,6 +34,16 @@ class TrainableEncoder(nn.Module):
             for name, param in self.model.named_parameters():
                 if name.startswith("pooler."):  # BERT's pooler head is no part of CLS or mean pooling; a
                     param.requires_grad_(False)  # weight without gradient would stall DDP's reduction
+        self.lora = lora
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            # the unused pooler again: an adapter there would get no gradient
+            pooler = any(".pooler" in f".{n}" for n, _ in self.model.named_modules())
+            self.model = get_peft_model(self.model, LoraConfig(
+                r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                target_modules=lora.get("target_modules") or "all-linear",
+                exclude_modules=r".*pooler.*" if pooler else None))
 
     @property
     def device(self) -> torch.device:
@@ -53,8 +66,13 @@ class TrainableEncoder(nn.Module):
     def save(self, folder: str | Path) -> Path:
         """A folder that `encoder.model` accepts (USE: xdr_use.json + weights + sp.model; HF: save_pretrained)."""
         folder = Path(folder)
+        model = copy.deepcopy(self.model).merge_and_unload() if self.lora else self.model
         if self.is_use:
-            return self.model.save_pretrained(folder)
-        self.model.save_pretrained(folder)
+            return model.save_pretrained(folder)
+        model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         return folder
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {"parameters": sum(p.numel() for p in self.parameters()),
+                "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad)}
