@@ -61,11 +61,23 @@ def load_sets(storage: Storage, sources: list[TrainDataConfig]) -> tuple[list, l
     return sets, rejects
 
 
-def _sampler(config: TrainEncoderConfig, sets: list, seed: int, rank: int, world: int):
+def _sampler(config: TrainEncoderConfig, sets: list, seed: int, rank: int, world: int, transform=None):
     from xdr.train.samplers import HybridBatchSampler
 
     return HybridBatchSampler(sets, batch_size=config.batch_size, kind=config.batch_kind, alpha=config.alpha,
-                              negatives=config.negatives, seed=seed, rank=rank, world_size=world)
+                              negatives=config.negatives, seed=seed, rank=rank, world_size=world, transform=transform)
+
+
+def code_switcher(config: TrainEncoderConfig, storage: Storage):
+    """The code-switching transform of the training batches, or None."""
+    if not config.code_switch:
+        return None
+    from xdr.train.codeswitch import CodeSwitcher, load_muse
+
+    files = [f for pattern in config.code_switch.dictionaries for f in storage.expand(pattern)]
+    if not files:
+        raise ValueError(f"code_switch.dictionaries matched no file: {config.code_switch.dictionaries}")
+    return CodeSwitcher(load_muse(storage, files), config.code_switch.ratio, config.code_switch.apply_to)
 
 
 def train_loop_per_worker(config_dict: dict) -> None:
@@ -81,7 +93,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     torch.manual_seed(config.seed)
     storage = Storage(config.storage)
     train_sets, _ = load_sets(storage, config.train)
-    sampler = _sampler(config, train_sets, config.seed, rank, world)
+    sampler = _sampler(config, train_sets, config.seed, rank, world, code_switcher(config, storage))
     validation = []
     if config.validation:
         val_sets, _ = load_sets(storage, config.validation)
@@ -207,6 +219,8 @@ def _write_manifest(storage, config, progress, info, rejects, seconds, last_metr
         files = (storage.list_files(source.path, suffix=".json") if source.kind == "xquad"
                  else storage.expand(source.path))
         data_files += [vars(storage.record(f)) for f in files]
+    for pattern in config.code_switch.dictionaries if config.code_switch else []:
+        data_files += [vars(storage.record(f)) for f in storage.expand(pattern)]
     manifest = {
         "status": "complete", "run_name": run_name(config), "config": config.model_dump(mode="json"),
         "code_version": code_version(), "model_folder": join(config.output, "model"),

@@ -238,3 +238,64 @@ def _saved_keys(folder) -> list[str]:
 
     with safe_open(str(next(folder.glob("*.safetensors"))), "pt") as f:
         return list(f.keys())
+
+
+# --- code-switching ---------------------------------------------------------------------------------
+def _dictionary(tmp_path):
+    from xdr.train.codeswitch import load_muse
+
+    (tmp_path / "en-de.txt").write_text("river Fluss\nwater Wasser\nking König\nthis line has three\n\n")
+    (tmp_path / "en-fr.txt").write_text("river fleuve\n")
+    return load_muse(Storage(), [str(tmp_path / "en-de.txt"), str(tmp_path / "en-fr.txt")])
+
+
+def test_code_switching_replaces_the_asked_share_of_covered_words_deterministically(tmp_path):
+    from xdr.train.codeswitch import CodeSwitcher, load_muse
+
+    dictionary = _dictionary(tmp_path)
+    assert dictionary.rejected_lines == 1 and dictionary.entries["en"]["river"] == [("de", "Fluss"), ("fr", "fleuve")]
+    text = "The River, water and a king!"  # 6 words, 3 covered
+    rng = np.random.default_rng
+    assert CodeSwitcher(dictionary, 0.0).switch(text, "en", rng(0)) == text
+    assert CodeSwitcher(dictionary, 1.0).switch(text, "de", rng(0)) == text  # no dictionary from German
+    full = CodeSwitcher(dictionary, 1.0).switch(text, "en", rng(0))  # round(6) -> all 3 covered words
+    assert full in {"The Fluss, Wasser and a König!", "The Fleuve, Wasser and a König!"}
+    for ratio, replaced in ((0.25, 2), (0.5, 3), (0.1, 1)):  # round(1.5) = 2, round(3) = 3, round(0.6) = 1
+        out = CodeSwitcher(dictionary, ratio).switch(text, "en", rng(7))
+        changed = sum(a != b for a, b in zip(text.split(), out.split()))
+        assert changed == replaced, (ratio, out)
+        assert out == CodeSwitcher(dictionary, ratio).switch(text, "en", rng(7))
+    seen = {CodeSwitcher(dictionary, 1.0).switch("river", "en", rng(s)) for s in range(40)}
+    assert seen == {"Fluss", "fleuve"}, "each translation of a word is drawn"
+    with pytest.raises(ValueError, match="named <src>-<tgt>"):
+        load_muse(Storage(), [str(tmp_path / "en-de.txt").replace("en-de", "dictionary")])
+
+
+def test_the_sampler_switches_queries_on_the_fly_and_resumes_identically(tmp_path):
+    from xdr.train.codeswitch import CodeSwitcher
+
+    items = []
+    for i in range(32):
+        item = ParallelItem(f"q{i}", f"g{i % 4}")
+        for lang in ("en", "fi"):
+            item.question[lang] = f"where does the river water go {i}"
+            item.passage[lang] = Passage("", f"{lang} the king paragraph {i}")
+        items.append(item)
+    data = ParallelSet(items, ("en", "fi"))
+    switcher = CodeSwitcher(_dictionary(tmp_path), 0.5)
+    plain = HybridBatchSampler([data], batch_size=8, kind="xx_mono", seed=3)
+    switched = HybridBatchSampler([data], batch_size=8, kind="xx_mono", seed=3, transform=switcher)
+    english = 0
+    for b in range(plain.batches_per_epoch):
+        for a, s in zip(plain.global_batch(0, b), switched.global_batch(0, b)):
+            assert (a.positive, a.negatives, a.query_lang) == (s.positive, s.negatives, s.query_lang)
+            if a.query_lang == "en":  # 7 words, 2 covered: round(3.5) = 4 -> both replaced
+                english += 1
+                assert s.query.split()[3:5] in (["Fluss", "Wasser"], ["fleuve", "Wasser"]), s.query
+            else:
+                assert s.query == a.query
+    assert english > 0
+    assert switched.global_batch(0, 1) == switched.global_batch(0, 1)
+    assert switched.fingerprint() != plain.fingerprint()
+    assert switched.fingerprint() != HybridBatchSampler([data], batch_size=8, kind="xx_mono", seed=3,
+                                                        transform=CodeSwitcher(switcher.dictionary, 0.25)).fingerprint()

@@ -264,6 +264,17 @@ class LoraSettings(_Section):
         None, description="Module names to adapt; none = every linear layer (peft's all-linear).")
 
 
+class CodeSwitchSettings(_Section):
+    dictionaries: list[str] = Field(..., description="MUSE dictionary files (`<src>-<tgt>.txt`, `word translation` "
+                                    "per line): paths, globs or s3:// URIs.")
+    ratio: float = Field(0.25, ge=0, le=1, description="Share of a text's words replaced (at most those the "
+                         "dictionaries cover).")
+    apply_to: Literal["queries", "passages", "both"] = Field("queries", description="Which side is switched.")
+
+    _absolute_paths = field_validator("dictionaries")(
+        classmethod(lambda cls, v: [absolute_location(x) for x in v]))
+
+
 class TrainEncoderConfig(_Section):
     """The encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`). Defaults are the hybrid-batch
     paper's (METHOD.md section 2); `recipe: xdr` with `negatives: 7`, `temperature: 1` is the xQG paper's
@@ -301,6 +312,9 @@ class TrainEncoderConfig(_Section):
         None, description="LoRA (peft) instead of full fine-tuning: {rank: 8, alpha: 16, dropout: 0.05, "
         "target_modules: null = all linear layers}; the backbone is frozen and the adapters are merged into the "
         "weights of the written model.")
+    code_switch: CodeSwitchSettings | None = Field(
+        None, description="Code-switched training batches: {dictionaries: [MUSE files], ratio: 0.25, apply_to: "
+        "queries|passages|both}; words replaced on the fly by the sampler (validation batches stay clean).")
     num_workers: int = Field(1, gt=0, description="Data-parallel Ray Train workers.")
     use_gpu: bool = Field(False, description="One GPU per worker (NCCL), bf16 autocast.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")

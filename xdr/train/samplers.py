@@ -48,7 +48,10 @@ def _rng(*key: int) -> np.random.Generator:
 
 class HybridBatchSampler:
     def __init__(self, datasets: list[ParallelSet | list[Triplet]], *, batch_size: int, kind: str = "hybrid",
-                 alpha: float = 0.5, negatives: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 alpha: float = 0.5, negatives: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 transform=None):
+        """`transform(example, rng)` rewrites each example with the batch's generator, after every other
+        draw (code-switching, xdr.train.codeswitch): batches stay a pure function of (seed, epoch, batch)."""
         if kind not in BATCH_KINDS:
             raise ValueError(f"unknown batch kind {kind!r}; expected one of {', '.join(BATCH_KINDS)}")
         if batch_size % world_size:
@@ -63,7 +66,7 @@ class HybridBatchSampler:
                 raise ValueError(f"{kind} batches need at least two languages; the set has {d.languages}")
         self.datasets, self.sizes = datasets, sizes
         self.batch_size, self.kind, self.alpha, self.negatives = batch_size, kind, alpha, negatives
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size, self.transform = seed, rank, world_size, transform
         self.groups = [negatives_by_group(d.items) if isinstance(d, ParallelSet) else {} for d in datasets]
         self.epoch, self.next_batch = 0, 0
         self._cached: tuple[int | None, list] = (None, [])  # the schedule of one epoch
@@ -87,8 +90,12 @@ class HybridBatchSampler:
         return self._cached[1]
 
     def global_batch(self, epoch: int, number: int) -> list[TrainingExample]:
-        dataset, items = self.schedule(epoch)[number]
         rng = _rng(self.seed, epoch, number, 3)
+        batch = self._draw(epoch, number, rng)
+        return [self.transform(e, rng) for e in batch] if self.transform else batch
+
+    def _draw(self, epoch: int, number: int, rng) -> list[TrainingExample]:
+        dataset, items = self.schedule(epoch)[number]
         data = self.datasets[dataset]
         if not isinstance(data, ParallelSet):
             return [self._given(data[i], data, rng) for i in items]
@@ -160,4 +167,7 @@ class HybridBatchSampler:
 
     def fingerprint(self) -> int:
         """Changes when the data or the batch settings change (resuming then would draw other batches)."""
-        return zlib.crc32(repr((self.sizes, self.batch_size, self.kind, self.alpha, self.negatives)).encode())
+        key = (self.sizes, self.batch_size, self.kind, self.alpha, self.negatives)
+        if self.transform:  # runs without a transform keep the fingerprint they had before transforms existed
+            key += (self.transform.fingerprint(),)
+        return zlib.crc32(repr(key).encode())
