@@ -131,13 +131,17 @@ def _index_and_search_over_the_endpoint(s3_server, tiny_models, trained_config, 
 
 
 @pytest.mark.slow
-def test_lora_on_two_workers_trains_adapters_only_and_writes_a_merged_model(ray_local, tiny_models, tmp_path):
+def test_lora_and_code_switching_on_two_workers_write_a_merged_model(ray_local, tiny_models, tmp_path):
     from ray_jobs.train_encoder import run_training
 
+    dictionary = tmp_path / "en-xx.txt"  # 'xx' mirrors the words: a real dictionary for this toy language
+    dictionary.write_text("".join(f"{w} {w[::-1]}\n" for topic in TOPICS for w in topic.split()))
     config = _config(tiny_models, tmp_path, str(tmp_path / "lora"), steps=10, validate_every=5, checkpoint_every=5,
-                     lora={"rank": 4, "alpha": 8, "dropout": 0.0})
+                     lora={"rank": 4, "alpha": 8, "dropout": 0.0},
+                     code_switch={"dictionaries": [str(dictionary)], "ratio": 0.5})
     manifest = run_training(config)
     assert manifest["steps"] == 10 and 0 < manifest["trainable_parameters"] < 0.05 * manifest["parameters"]
+    assert str(dictionary) in {f["uri"] for f in manifest["data_files"]}
     texts = ["river water", "king crown castle number 11"]
     trained = make_encoder(EncoderConfig(model=manifest["model_folder"], pooling="mean", normalize=True))
     base = make_encoder(EncoderConfig(model=str(tiny_models["encoder"]), pooling="mean", normalize=True))
