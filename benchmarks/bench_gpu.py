@@ -280,50 +280,187 @@ def bench_ivf(device, rng, tiny: bool) -> dict:
             "mse_torch": objective(torch.as_tensor(centroids).cpu().numpy())}
 
 
+def bench_encoder_variants(model, tokenizer, device, rng, tiny: bool) -> dict:
+    """Where the encoder's time goes: batch sizes, eager against SDPA attention, and the model alone on
+    pre-padded device tensors (no tokenizer, no padding on the CPU, no copy back) as the stage's ceiling."""
+    n_pass, n_query = (256, 1024) if tiny else (32_768, 131_072)
+    passages = synthetic_ids(rng, n_pass, 130, 170, 128, model.config.vocab_size)
+    queries = synthetic_ids(rng, n_query, 8, 32, 32, model.config.vocab_size)
+    out: dict = {"attention": model.config._attn_implementation}
+
+    def rate(ids, batch):
+        enc = Encoder(EncoderConfig(model="synthetic", batch_size=batch), device=str(device), model=model,
+                      tokenizer=tokenizer)
+        return len(ids) / timed(lambda: enc.encode_ids(ids))
+
+    for batch in ((32, 64) if tiny else (256, 512, 1024)):
+        out[f"passages_per_s_batch{batch}"] = rate(passages, batch)
+    for batch in ((64, 256) if tiny else (512, 2048, 8192)):
+        out[f"queries_per_s_batch{batch}"] = rate(queries, batch)
+    model.set_attn_implementation("eager")
+    try:
+        out["passages_per_s_batch512_eager"] = rate(passages, 64 if tiny else 512)
+    finally:
+        model.set_attn_implementation(out["attention"])
+    dtype = next(model.parameters()).dtype
+    for label, width, batch in (("passages", 128, 64 if tiny else 512), ("queries", 20, 256 if tiny else 2048)):
+        x = torch.randint(1000, model.config.vocab_size - 1, (batch, width), device=device)
+        mask = torch.ones_like(x)
+
+        @torch.inference_mode()
+        def forward(x=x, mask=mask):
+            for _ in range(4):
+                model(input_ids=x, attention_mask=mask)
+        out[f"model_only_{label}_per_s"] = 4 * batch / timed(forward, repeat=3)
+    out["dtype"] = str(dtype)
+    return out
+
+
+def bench_generator_variants(model, tokenizer, device, rng, tiny: bool) -> dict:
+    """Where the generator's time goes: prompts per call, and the keyed sampler against HF's own top-k."""
+    n_passages = 8 if tiny else 512
+    prompts = synthetic_ids(rng, n_passages * len(LANGUAGES), 130, 170, 128, model.config.vocab_size)
+    keys = [[sequence_key(0, str(i), "x", q) for q in range(5)] for i in range(len(prompts))]
+    out: dict = {"attention": model.config._attn_implementation}
+
+    def make(batch):
+        gen = QueryGenerator(GeneratorConfig(model="synthetic", languages=LANGUAGES, batch_size=batch,
+                                             max_new_tokens=20), device=str(device), model=model, tokenizer=tokenizer)
+        gen.generation_config.min_new_tokens = 20
+        return gen
+
+    for batch in ((16, 32) if tiny else (128, 256, 512)):
+        gen = make(batch)
+        out[f"passages_per_s_batch{batch}"] = n_passages / timed(lambda gen=gen: gen.generate_ids(prompts, keys))
+    gen = make(16 if tiny else 256)
+    hf_config = gen.generation_config.__class__(**{**gen.generation_config.to_dict(), "top_k": 10})
+    width = max(len(t) for t in prompts[: gen.config.batch_size])
+    x = torch.tensor([t + [0] * (width - len(t)) for t in prompts[: gen.config.batch_size]], device=device)
+
+    @torch.inference_mode()
+    def hf_topk():
+        model.generate(input_ids=x, attention_mask=(x != 0).long(), generation_config=hf_config)
+
+    @torch.inference_mode()
+    def keyed():
+        gen.sampler.row_keys = torch.as_tensor(np.asarray(keys[: len(x)]).reshape(-1), device=device)
+        from transformers import LogitsProcessorList
+        model.generate(input_ids=x, attention_mask=(x != 0).long(), generation_config=gen.generation_config,
+                       logits_processor=LogitsProcessorList([gen.sampler]))
+    out["one_call_keyed_sampler_s"] = timed(keyed, repeat=2)
+    out["one_call_hf_topk_s"] = timed(hf_topk, repeat=2)
+    out["one_call_prompts"] = len(x)
+    return out
+
+
+def profile_top_ops(fn, rows: int = 12) -> str:
+    """The CUDA (or CPU) operators that take the most time in one call of fn."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync()
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny models and inputs: checks the script anywhere")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", nargs="*", help="run these sections only (default: all)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rng = np.random.default_rng(0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    ceiling = ceilings(device, args.tiny)
+    report: dict = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "tiny": args.tiny,
+                    "errors": {}, "seconds": {}}
+
+    def section(key: str, fn):
+        """Runs one part; a failure is recorded and the others still run. The JSON is rewritten after each."""
+        if args.only and key not in args.only:
+            return None
+        print(f"[{time.strftime('%H:%M:%S')}] {key} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            report[key] = fn()
+        except Exception as err:  # noqa: BLE001 - a benchmark run keeps the other sections' figures
+            import traceback
+
+            traceback.print_exc()
+            report["errors"][key] = f"{type(err).__name__}: {err}"
+        report["seconds"][key] = time.perf_counter() - start
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2, default=str))
+        return report.get(key)
+
+    ceiling = section("ceilings", lambda: ceilings(device, args.tiny))
+    tflops = ceiling["matmul_tflops"]
     bert, mt5, tokenizers = build_models(args.tiny)
     from transformers import AutoTokenizer
 
-    enc = bench_encoder(bert, AutoTokenizer.from_pretrained(tokenizers["encoder"]), device, ceiling["matmul_tflops"],
-                        rng, args.tiny)
-    gen = bench_generator(mt5, AutoTokenizer.from_pretrained(tokenizers["generator"]), device,
-                          ceiling["matmul_tflops"], rng, args.tiny)
-    use = bench_use(device, rng, args.tiny)
-    train = bench_train_step(bert, tokenizers["encoder"], device, rng, args.tiny)
-    ivf = bench_ivf(device, rng, args.tiny)
-    print(f"\ndevice: {name}; torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}; tiny={args.tiny}")
-    print(f"ceilings: matmul {ceiling['matmul_tflops']:.1f} TFLOP/s ({ceiling['dtype']}), "
-          f"copy {ceiling['copy_gb_s']:.0f} GB/s")
-    print(f"encoder ({enc['dtype']}): {enc['passages_per_s']:,.0f} passages/s at 128 tokens "
-          f"({enc['passage_flop_fraction']:.1%} of the matmul ceiling), {enc['queries_per_s']:,.0f} queries/s at <=32 "
-          f"({enc['query_flop_fraction']:.1%}); seed-style loop {enc['seed_loop_passages_per_s']:,.0f} passages/s "
-          f"(ours x{enc['speedup_vs_seed_loop']:.2f}); "
-          f"max relative error vs fp32 {enc['max_relative_error_vs_fp32']:.2e}")
-    for label in ("forced 32 tokens", "20 tokens (realistic average)"):
-        r = gen[label]
-        print(f"generator, 7 languages x 5 queries, {label}: {r['passages_per_s']:,.1f} passages/s "
-              f"({r['flop_fraction']:.1%} of the ceiling); outputs valid: {r['outputs_valid']}")
-    print(f"generator seed-style loop (32 tokens): {gen['seed_loop_passages_per_s']:,.1f} passages/s "
-          f"(ours x{gen['speedup_vs_seed_loop']:.2f})")
-    print(f"USE v3 (PyTorch module): {use['sentences_per_s_fp32']:,.0f} sentences/s fp32, "
-          f"{use['sentences_per_s_bf16']:,.0f} bf16 (8-40 tokens)")
-    print(f"encoder training step ({train['autocast']} autocast): {train['examples_per_s']:,.1f} examples/s "
-          f"({train['batch']} queries + {train['passages_per_step']} passages per step)")
-    print(f"IVF k-means {ivf['vectors']:,} x {ivf['dim']} -> {ivf['lists']} lists, 10 iterations: faiss-cpu "
-          f"{ivf['faiss_cpu_s']:.1f}s ({ivf['faiss_threads']} threads), PyTorch on {device.type} {ivf['torch_s']:.1f}s "
-          f"(x{ivf['speedup']:.1f}); mean squared distance {ivf['mse_faiss_cpu']:.4f} vs {ivf['mse_torch']:.4f}")
-    if args.json:
-        args.json.write_text(json.dumps({"device": name, "ceilings": ceiling, "encoder": enc, "generator": gen,
-                                         "use": use, "train_step": train, "ivf_training": ivf, "tiny": args.tiny},
-                                        indent=2))
+    enc_tok, gen_tok = (AutoTokenizer.from_pretrained(tokenizers[k]) for k in ("encoder", "generator"))
+    enc = section("encoder", lambda: bench_encoder(bert, enc_tok, device, tflops, rng, args.tiny))
+    section("encoder_variants", lambda: bench_encoder_variants(bert.to(device), enc_tok, device, rng, args.tiny))
+    gen = section("generator", lambda: bench_generator(mt5, gen_tok, device, tflops, rng, args.tiny))
+    section("generator_variants", lambda: bench_generator_variants(mt5.to(device), gen_tok, device, rng, args.tiny))
+
+    def profiles():
+        ids = synthetic_ids(rng, 512, 130, 170, 128, bert.config.vocab_size)
+        enc_stage = Encoder(EncoderConfig(model="synthetic", batch_size=512), device=str(device), model=bert,
+                            tokenizer=enc_tok)
+        prompts = synthetic_ids(rng, 64 if args.tiny else 256, 130, 170, 128, mt5.config.vocab_size)
+        keys = [[sequence_key(0, str(i), "x", q) for q in range(5)] for i in range(len(prompts))]
+        gen_stage = QueryGenerator(GeneratorConfig(model="synthetic", languages=LANGUAGES, batch_size=len(prompts),
+                                                   max_new_tokens=20), device=str(device), model=mt5, tokenizer=gen_tok)
+        tables = {"encoder_512_passages": profile_top_ops(lambda: enc_stage.encode_ids(ids)),
+                  "generator_one_call": profile_top_ops(lambda: gen_stage.generate_ids(prompts, keys))}
+        for label, table in tables.items():
+            print(f"--- profile: {label}\n{table}", flush=True)
+        return tables
+    section("profiles", profiles)
+    use = section("use", lambda: bench_use(device, rng, args.tiny))
+    train = section("train_step", lambda: bench_train_step(bert.float(), tokenizers["encoder"], device, rng,
+                                                           args.tiny))
+    ivf = section("ivf_training", lambda: bench_ivf(device, rng, args.tiny))
+
+    print(f"\ndevice: {name}; torch {torch.__version__}; date {report['date']}; tiny={args.tiny}")
+    print(f"ceilings: matmul {tflops:.1f} TFLOP/s ({ceiling['dtype']}), copy {ceiling['copy_gb_s']:.0f} GB/s")
+    if enc:
+        print(f"encoder ({enc['dtype']}): {enc['passages_per_s']:,.0f} passages/s at 128 tokens "
+              f"({enc['passage_flop_fraction']:.1%} of the matmul ceiling), {enc['queries_per_s']:,.0f} queries/s "
+              f"at <=32 ({enc['query_flop_fraction']:.1%}); seed-style loop {enc['seed_loop_passages_per_s']:,.0f} "
+              f"passages/s (ours x{enc['speedup_vs_seed_loop']:.2f}); "
+              f"max relative error vs fp32 {enc['max_relative_error_vs_fp32']:.2e}")
+    if gen:
+        for label in ("forced 32 tokens", "20 tokens (realistic average)"):
+            r = gen[label]
+            print(f"generator, 7 languages x 5 queries, {label}: {r['passages_per_s']:,.1f} passages/s "
+                  f"({r['flop_fraction']:.1%} of the ceiling); outputs valid: {r['outputs_valid']}")
+        print(f"generator seed-style loop (32 tokens): {gen['seed_loop_passages_per_s']:,.1f} passages/s "
+              f"(ours x{gen['speedup_vs_seed_loop']:.2f})")
+    for key in ("encoder_variants", "generator_variants"):
+        if key in report:
+            print(f"{key}: " + ", ".join(f"{k} {v:,.3f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in report[key].items()))
+    if use:
+        print(f"USE v3 (PyTorch module): {use['sentences_per_s_fp32']:,.0f} sentences/s fp32, "
+              f"{use['sentences_per_s_bf16']:,.0f} bf16 (8-40 tokens)")
+    if train:
+        print(f"encoder training step ({train['autocast']} autocast): {train['examples_per_s']:,.1f} examples/s "
+              f"({train['batch']} queries + {train['passages_per_step']} passages per step)")
+    if ivf:
+        print(f"IVF k-means {ivf['vectors']:,} x {ivf['dim']} -> {ivf['lists']} lists, 10 iterations: faiss-cpu "
+              f"{ivf['faiss_cpu_s']:.1f}s ({ivf['faiss_threads']} threads), PyTorch on {device.type} "
+              f"{ivf['torch_s']:.1f}s (x{ivf['speedup']:.1f}); mean squared distance {ivf['mse_faiss_cpu']:.4f} vs "
+              f"{ivf['mse_torch']:.4f}")
+    for key, err in report["errors"].items():
+        print(f"FAILED {key}: {err}")
+    if report["errors"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

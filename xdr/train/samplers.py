@@ -46,7 +46,56 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
-class HybridBatchSampler:
+class EpochSampler:
+    """What every training sampler shares: global batches that are a pure function of (seed, epoch, batch
+    number), each rank's contiguous slice of them, endless iteration and a resumable (epoch, batch) state.
+    Subclasses give `batches_per_epoch`, `global_batch` and `_fingerprint_key`."""
+
+    def __init__(self, *, batch_size: int, seed: int, rank: int, world_size: int):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the {world_size} workers")
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.epoch, self.next_batch = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def global_batch(self, epoch: int, number: int) -> list:
+        raise NotImplementedError
+
+    def _fingerprint_key(self) -> tuple:
+        raise NotImplementedError
+
+    def local_batch(self, epoch: int, number: int) -> list:
+        """This rank's contiguous slice of the global batch."""
+        per_rank = self.batch_size // self.world_size
+        return self.global_batch(epoch, number)[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def __iter__(self) -> Iterator[list]:
+        """This rank's batches from the current state on, forever (epoch after epoch)."""
+        while True:
+            if self.next_batch >= self.batches_per_epoch:
+                self.epoch, self.next_batch = self.epoch + 1, 0
+            batch = self.local_batch(self.epoch, self.next_batch)
+            self.next_batch += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "next_batch": self.next_batch, "seed": self.seed,
+                "fingerprint": self.fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed or state["fingerprint"] != self.fingerprint():
+            raise ValueError("the checkpoint's sampler was built over other data or settings; start a new run")
+        self.epoch, self.next_batch = state["epoch"], state["next_batch"]
+
+    def fingerprint(self) -> int:
+        """Changes when the data or the batch settings change (resuming then would draw other batches)."""
+        return zlib.crc32(repr(self._fingerprint_key()).encode())
+
+
+class HybridBatchSampler(EpochSampler):
     def __init__(self, datasets: list[ParallelSet | list[Triplet]], *, batch_size: int, kind: str = "hybrid",
                  alpha: float = 0.5, negatives: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
                  transform=None):
@@ -54,8 +103,7 @@ class HybridBatchSampler:
         draw (code-switching, xdr.train.codeswitch): batches stay a pure function of (seed, epoch, batch)."""
         if kind not in BATCH_KINDS:
             raise ValueError(f"unknown batch kind {kind!r}; expected one of {', '.join(BATCH_KINDS)}")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} is not divisible by the {world_size} workers")
+        super().__init__(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha {alpha} must lie in [0, 1]")
         sizes = [len(d.items) if isinstance(d, ParallelSet) else len(d) for d in datasets]
@@ -65,10 +113,8 @@ class HybridBatchSampler:
             if isinstance(d, ParallelSet) and kind != "xx_mono" and len(d.languages) < 2:
                 raise ValueError(f"{kind} batches need at least two languages; the set has {d.languages}")
         self.datasets, self.sizes = datasets, sizes
-        self.batch_size, self.kind, self.alpha, self.negatives = batch_size, kind, alpha, negatives
-        self.seed, self.rank, self.world_size, self.transform = seed, rank, world_size, transform
+        self.kind, self.alpha, self.negatives, self.transform = kind, alpha, negatives, transform
         self.groups = [negatives_by_group(d.items) if isinstance(d, ParallelSet) else {} for d in datasets]
-        self.epoch, self.next_batch = 0, 0
         self._cached: tuple[int | None, list] = (None, [])  # the schedule of one epoch
 
     # --- the schedule ---------------------------------------------------------------------------
@@ -141,33 +187,8 @@ class HybridBatchSampler:
         return TrainingExample(triplet.query, triplet.positive, tuple(negatives), triplet.query_lang,
                                triplet.passage_lang, "given")
 
-    def local_batch(self, epoch: int, number: int) -> list[TrainingExample]:
-        """This rank's contiguous slice of the global batch."""
-        per_rank = self.batch_size // self.world_size
-        return self.global_batch(epoch, number)[self.rank * per_rank:(self.rank + 1) * per_rank]
-
-    # --- iteration and resume -------------------------------------------------------------------
-    def __iter__(self) -> Iterator[list[TrainingExample]]:
-        """This rank's batches from the current state on, forever (epoch after epoch)."""
-        while True:
-            if self.next_batch >= self.batches_per_epoch:
-                self.epoch, self.next_batch = self.epoch + 1, 0
-            batch = self.local_batch(self.epoch, self.next_batch)
-            self.next_batch += 1
-            yield batch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "next_batch": self.next_batch, "seed": self.seed,
-                "fingerprint": self.fingerprint()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["seed"] != self.seed or state["fingerprint"] != self.fingerprint():
-            raise ValueError("the checkpoint's sampler was built over other data or settings; start a new run")
-        self.epoch, self.next_batch = state["epoch"], state["next_batch"]
-
-    def fingerprint(self) -> int:
-        """Changes when the data or the batch settings change (resuming then would draw other batches)."""
+    def _fingerprint_key(self) -> tuple:
         key = (self.sizes, self.batch_size, self.kind, self.alpha, self.negatives)
         if self.transform:  # runs without a transform keep the fingerprint they had before transforms existed
             key += (self.transform.fingerprint(),)
-        return zlib.crc32(repr(key).encode())
+        return key
