@@ -24,8 +24,8 @@ from xdr.storage import Storage
 
 def load_examples(storage: Storage, sources: list[TrainDataConfig], config: TrainGeneratorConfig) -> tuple[list, list]:
     """Every source's (passage, language, question) examples, concatenated, and the rejected rows."""
-    from xdr.train.data import load_parallel_jsonl, load_xquad
-    from xdr.train.qg import load_qg_jsonl, qg_examples
+    from xdr.train.data import load_parallel_jsonl, load_triplets, load_xquad
+    from xdr.train.qg import load_qg_jsonl, qg_examples, qg_from_triplets
 
     examples, rejects = [], []
     for source in sources:
@@ -37,8 +37,13 @@ def load_examples(storage: Storage, sources: list[TrainDataConfig], config: Trai
             files = storage.expand(source.path)
             if not files:
                 raise ValueError(f"{source.path!r} names no files")
-            if source.kind == "qg_jsonl":
-                data, bad = load_qg_jsonl(storage, files)
+            if source.kind in ("qg_jsonl", "triplets"):
+                if source.kind == "qg_jsonl":
+                    data, bad = load_qg_jsonl(storage, files)
+                else:
+                    triplets, bad = load_triplets(storage, files)
+                    data, unprompted = qg_from_triplets(triplets, source.path)
+                    bad += unprompted
                 examples += data
                 rejects += bad
                 continue

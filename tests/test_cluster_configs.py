@@ -62,8 +62,15 @@ def test_kuberay_manifests_carry_required_fields():
 
 
 def test_job_configs_parse():
+    from xdr.config import TrainEncoderConfig, TrainGeneratorConfig
+
     IndexingJobConfig.model_validate(yaml.safe_load((REPO / "configs" / "xor_tydi.yaml").read_text()))
     IndexBuildConfig.model_validate(_load("build_index.yaml"))
+    for name in ("train_hybrid_xquad.yaml", "train_xdr_xor_tydi.yaml"):
+        TrainEncoderConfig.model_validate(yaml.safe_load((REPO / "configs" / name).read_text()))
+    xqg = yaml.safe_load((REPO / "configs" / "train_xqg_xor_tydi.yaml").read_text())
+    xqg = TrainGeneratorConfig.model_validate(xqg)
+    assert (xqg.lr, xqg.batch_size, xqg.steps, xqg.warmup_steps) == (1e-4, 128, 2000, 0)  # METHOD.md section 1
 
 
 def test_cluster_image_is_in_step_with_pyproject_and_setup():

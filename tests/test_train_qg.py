@@ -180,3 +180,20 @@ def test_lora_trains_only_adapters_and_the_merged_folder_generates_like_the_adap
     np.testing.assert_allclose(merged.numpy(), adapted.numpy(), atol=1e-5)
     assert (merged - base).abs().max() > 1e-4, "the adapters changed nothing"
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["model_type"] == "mt5"
+
+
+def test_retrieval_triplets_become_examples_and_those_without_a_known_query_language_are_rejected(tmp_path):
+    from xdr.train.data import load_triplets
+    from xdr.train.qg import qg_from_triplets
+
+    path = tmp_path / "xor.jsonl"
+    bach = {"title": "Bach", "text": "J. S. B."}
+    rows = [{"query": "Wer war Bach?", "query_lang": "de", "positive_passages": [bach]},
+            {"query": "who?", "positive_passages": [{"title": "", "text": "x"}]},
+            {"query": "кто?", "query_lang": "qq", "positive_passages": [{"title": "", "text": "y"}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    triplets, bad = load_triplets(Storage(), [str(path)])
+    examples, rejects = qg_from_triplets(triplets, str(path))
+    assert bad == [] and examples == [QGExample(Passage("Bach", "J. S. B."), "de", "Wer war Bach?")]
+    assert [r.reason.split(" (")[0] for r in rejects] == ["triplet 2", "triplet 3"]
+    assert all("query_lang" in r.reason for r in rejects) and "'who?'" in rejects[0].reason

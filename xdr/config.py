@@ -247,8 +247,9 @@ def load_model(model_cls, path: str | Path | None, overrides: list[str] = ()):
 class TrainDataConfig(_Section):
     kind: Literal["xquad", "parallel_jsonl", "triplets", "qg_jsonl"] = Field(
         ..., description="xquad: a folder of xquad.<lang>.json; parallel_jsonl: rows {id, lang, question, passage, "
-        "title?, group?}; triplets (encoder): Tevatron/XOR JSON lines {query, positive_passages, "
-        "negative_passages}; qg_jsonl (generator): rows {text, question, lang, title?}.")
+        "title?, group?}; triplets: Tevatron/XOR JSON lines {query, positive_passages, "
+        "negative_passages} (the generator takes the query, its positive and query_lang); qg_jsonl (generator): rows "
+        "{text, question, lang, title?}.")
     path: str = Field(..., description="Folder (xquad) or file, folder or glob (JSON lines); local or s3://.")
     languages: list[str] | None = Field(None, description="xquad: the languages to use (default: all present).")
     articles: tuple[int, int] | None = Field(
@@ -354,12 +355,13 @@ class TrainGeneratorConfig(_TrainJob):
                                   "share of the batch is accumulated over micro-batches.")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate (linear warm-up, then linear decay).")
     steps: int = Field(2000, gt=0, description="Optimizer steps.")
-    passage_language: str = Field("en", description="xquad / parallel_jsonl sets: the paragraph's language.")
+    passage_language: str = Field("en", description="xquad / parallel_jsonl sets: the paragraph's language "
+                                  "(triplets and qg_jsonl rows carry their own).")
     languages: list[str] | None = Field(None, description="xquad / parallel_jsonl sets: the question languages "
                                         "(default: every language of the set but passage_language).")
     max_input_tokens: int = Field(128, gt=0, description="Prompt truncation (the indexing job's "
                                   "generator.max_input_tokens).")
-    max_target_tokens: int = Field(64, gt=0, description="Question truncation.")
+    max_target_tokens: int = Field(32, gt=0, description="Question truncation (the paper's output length).")
     prompt_template: str = Field(GeneratorConfig().prompt_template,
                                  description="The prompt; keep it equal to the indexing job's "
                                  "generator.prompt_template.")
@@ -368,10 +370,6 @@ class TrainGeneratorConfig(_TrainJob):
     def _batch_splits(self):
         if self.batch_size % self.num_workers:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by num_workers {self.num_workers}")
-        for source in self.train + self.validation:
-            if source.kind == "triplets":
-                raise ValueError(f"{source.path}: triplets train an encoder; the generator takes xquad, "
-                                 "parallel_jsonl or qg_jsonl sets")
         for code in [self.passage_language, *(self.languages or [])]:
             language_name(code)
         return self

@@ -4,7 +4,8 @@ model with its teacher-forced loss, and one optimizer step with gradient accumul
 The prompt is `xdr.generator.build_prompt`, the very function the indexing job's generator calls, so training
 and generation cannot drift apart. Examples come from parallel QA sets (XQuAD, parallel JSON lines: the
 paragraph in one language, the question in each of the others, as the paper's XOR-TyDi training pairs an
-English passage with a question in the target language) or from JSON lines of ready pairs.
+English passage with a question in the target language), from retrieval triplets (query + its positive
+passage, with `query_lang`) or from JSON lines of ready pairs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from xdr.generator import build_prompt
 from xdr.languages import language_name
 from xdr.train.adapters import merged, parameter_counts, with_lora
-from xdr.train.data import Passage, TrainReject, _json_lines
+from xdr.train.data import Passage, TrainReject, Triplet, _json_lines
 from xdr.train.samplers import EpochSampler, _rng
 
 if TYPE_CHECKING:
@@ -49,6 +50,20 @@ def qg_examples(data: ParallelSet, passage_language: str, languages: list[str] |
         raise ValueError(f"question languages {absent} are not in the set's {data.languages}")
     return [QGExample(item.passage[passage_language], lang, item.question[lang])
             for item in data.items for lang in targets]
+
+
+def qg_from_triplets(triplets: list[Triplet], source: str) -> tuple[list[QGExample], list[TrainReject]]:
+    """Retrieval triplets (XOR-TyDi in Tevatron form) as generator examples: the positive passage and the query
+    in `query_lang`; a triplet without a known query language cannot be prompted and is rejected."""
+    examples, rejects = [], []
+    for number, t in enumerate(triplets, start=1):
+        try:
+            language_name(t.query_lang)
+        except ValueError as err:
+            rejects.append(TrainReject(source, 0, f"triplet {number} ({t.query[:40]!r}): query_lang: {err}"))
+            continue
+        examples.append(QGExample(t.positive, t.query_lang, t.query))
+    return examples, rejects
 
 
 def load_qg_jsonl(storage: Storage, uris: list[str]) -> tuple[list[QGExample], list[TrainReject]]:
