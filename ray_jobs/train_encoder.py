@@ -26,20 +26,9 @@ def run_name(config: TrainEncoderConfig) -> str:
 
 
 def load_sets(storage: Storage, sources: list[TrainDataConfig]) -> tuple[list, list]:
-    from xdr.train.data import load_parallel_jsonl, load_triplets, load_xquad
-
     sets, rejects = [], []
     for source in sources:
-        if source.kind == "xquad":
-            articles = range(source.articles[0], source.articles[1] + 1) if source.articles else None
-            data, bad = load_xquad(storage, source.path, languages=tuple(source.languages or ()) or None,
-                                   articles=articles)
-        else:
-            files = storage.expand(source.path)
-            if not files:
-                raise ValueError(f"{source.path!r} names no files")
-            loader = load_parallel_jsonl if source.kind == "parallel_jsonl" else load_triplets
-            data, bad = loader(storage, files)
+        data, bad = training.load_source(storage, source)
         sets.append(data)
         rejects += bad
     return sets, rejects
@@ -80,12 +69,7 @@ def encoder_task(config: TrainEncoderConfig, storage: Storage, rank: int, world:
                                lora=config.lora.model_dump() if config.lora else None)
     kw = {"recipe": config.recipe, "temperature": config.temperature,
           "query_max_tokens": config.query_max_tokens, "passage_max_tokens": config.passage_max_tokens}
-    return training.WorkerTask(
-        sampler, validation, encoder,
-        step=lambda model, opt, sched, batch, autocast: train_step(model, opt, sched, batch, autocast_dtype=autocast,
-                                                                   **kw),
-        val_loss=lambda model, batches, autocast: validation_loss(model, batches, autocast_dtype=autocast, **kw),
-        examples_per_step=config.batch_size)
+    return training.WorkerTask(sampler, validation, encoder, train_step, validation_loss, kw, config.batch_size)
 
 
 def train_loop_per_worker(config_dict: dict) -> None:

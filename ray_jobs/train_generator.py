@@ -24,32 +24,20 @@ from xdr.storage import Storage
 
 def load_examples(storage: Storage, sources: list[TrainDataConfig], config: TrainGeneratorConfig) -> tuple[list, list]:
     """Every source's (passage, language, question) examples, concatenated, and the rejected rows."""
-    from xdr.train.data import load_parallel_jsonl, load_triplets, load_xquad
-    from xdr.train.qg import load_qg_jsonl, qg_examples, qg_from_triplets
+    from xdr.train.qg import qg_examples, qg_from_triplets
 
     examples, rejects = [], []
     for source in sources:
-        if source.kind == "xquad":
-            articles = range(source.articles[0], source.articles[1] + 1) if source.articles else None
-            data, bad = load_xquad(storage, source.path, languages=tuple(source.languages or ()) or None,
-                                   articles=articles)
-        else:
-            files = storage.expand(source.path)
-            if not files:
-                raise ValueError(f"{source.path!r} names no files")
-            if source.kind in ("qg_jsonl", "triplets"):
-                if source.kind == "qg_jsonl":
-                    data, bad = load_qg_jsonl(storage, files)
-                else:
-                    triplets, bad = load_triplets(storage, files)
-                    data, unprompted = qg_from_triplets(triplets, source.path)
-                    bad += unprompted
-                examples += data
-                rejects += bad
-                continue
-            data, bad = load_parallel_jsonl(storage, files)
-        examples += qg_examples(data, config.passage_language, config.languages)
+        data, bad = training.load_source(storage, source)
         rejects += bad
+        if source.kind in ("xquad", "parallel_jsonl"):
+            examples += qg_examples(data, config.passage_language, config.languages)
+        elif source.kind == "triplets":
+            data, unprompted = qg_from_triplets(data, source.path)
+            examples += data
+            rejects += unprompted
+        else:
+            examples += data
     return examples, rejects
 
 
@@ -72,12 +60,8 @@ def generator_task(config: TrainGeneratorConfig, storage: Storage, rank: int, wo
                                    lora=config.lora.model_dump() if config.lora else None)
     kw = {"micro_batch_size": config.micro_batch_size, "template": config.prompt_template,
           "max_input_tokens": config.max_input_tokens, "max_target_tokens": config.max_target_tokens}
-    return training.WorkerTask(
-        sampler, validation, generator,
-        step=lambda model, opt, sched, batch, autocast: qg_train_step(model, opt, sched, batch,
-                                                                      autocast_dtype=autocast, **kw),
-        val_loss=lambda model, batches, autocast: qg_validation_loss(model, batches, autocast_dtype=autocast, **kw),
-        examples_per_step=config.batch_size)
+    return training.WorkerTask(sampler, validation, generator, qg_train_step, qg_validation_loss, kw,
+                               config.batch_size)
 
 
 def train_loop_per_worker(config_dict: dict) -> None:

@@ -40,9 +40,25 @@ class WorkerTask:
     sampler: Any
     validation: list
     model: torch.nn.Module
-    step: Callable[..., float]  # (wrapped model, optimizer, scheduler, batch, autocast dtype) -> loss
-    val_loss: Callable[..., float]  # (wrapped model, batches, autocast dtype) -> loss
+    step: Callable[..., float]  # (wrapped model, optimizer, scheduler, batch, autocast_dtype=, **kw) -> loss
+    val_loss: Callable[..., float]  # (wrapped model, batches, autocast_dtype=, **kw) -> loss
+    loss_kwargs: dict
     examples_per_step: int
+
+
+def load_source(storage: Storage, source) -> tuple[Any, list]:
+    """One `train` / `validation` item -> (a ParallelSet, triplets or generator examples; rejected rows)."""
+    from xdr.train.data import load_parallel_jsonl, load_triplets, load_xquad
+    from xdr.train.qg import load_qg_jsonl
+
+    if source.kind == "xquad":
+        articles = range(source.articles[0], source.articles[1] + 1) if source.articles else None
+        return load_xquad(storage, source.path, languages=tuple(source.languages or ()) or None, articles=articles)
+    files = storage.expand(source.path)
+    if not files:
+        raise ValueError(f"{source.path!r} names no files")
+    loader = {"parallel_jsonl": load_parallel_jsonl, "triplets": load_triplets, "qg_jsonl": load_qg_jsonl}
+    return loader[source.kind](storage, files)
 
 
 def run_name(config, prefix: str = "train") -> str:
@@ -89,14 +105,14 @@ def worker_loop(config, build_task: Callable[[Any, Storage, int, int], WorkerTas
     started, examples = time.perf_counter(), 0
     batches = iter(task.sampler)
     while progress["step"] < config.steps:
-        loss = task.step(model, optimizer, scheduler, next(batches), autocast)
+        loss = task.step(model, optimizer, scheduler, next(batches), autocast_dtype=autocast, **task.loss_kwargs)
         progress["step"] += 1
         examples += task.examples_per_step
         step = progress["step"]
         metrics = {"step": step, "loss": loss, "examples_per_s": examples / (time.perf_counter() - started)}
         stop = False
         if task.validation and (step % config.validate_every == 0 or step == config.steps):
-            val = _mean_over_ranks(task.val_loss(model, task.validation, autocast))
+            val = _mean_over_ranks(task.val_loss(model, task.validation, autocast_dtype=autocast, **task.loss_kwargs))
             progress["val_losses"].append([step, val])
             metrics["val_loss"] = val
             if progress["best_val"] is None or val < progress["best_val"]:

@@ -38,13 +38,18 @@ def train_step(model, optimizer, scheduler, batch: list[TrainingExample], *, aut
     with torch.autocast(_device_type(model), dtype=autocast_dtype, enabled=autocast_dtype is not None):
         loss = batch_loss(model, batch, **loss_kwargs)
     loss.backward()
+    apply_gradients(model, optimizer, scheduler, max_grad_norm)
+    return float(loss.detach())
+
+
+def apply_gradients(model, optimizer, scheduler, max_grad_norm: float | None) -> None:
+    """Clip, step the optimizer and the schedule, clear the gradients."""
     if max_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from xdr.generator import build_prompt
 from xdr.languages import language_name
 from xdr.train.adapters import merged, parameter_counts, with_lora
 from xdr.train.data import Passage, TrainReject, Triplet, _json_lines
+from xdr.train.loop import apply_gradients
 from xdr.train.samplers import EpochSampler, _rng
 
 if TYPE_CHECKING:
@@ -172,12 +173,7 @@ def qg_train_step(model, optimizer, scheduler, batch: list[QGExample], *, micro_
                 loss = _loss(model, part, template, max_input_tokens, max_target_tokens) * (len(part) / len(batch))
             loss.backward()
         total += float(loss.detach())
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    apply_gradients(model, optimizer, scheduler, max_grad_norm)
     return total
 
 
