@@ -62,15 +62,17 @@ def plot(table: dict, path: Path, held_out: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(table)
+    names = [n for n in table if n != "zero-shot"]  # shown as the gain over zero-shot USE, per group
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
     for ax, metric in zip(axes, SETTING_METRICS):
         for offset, group in ((-0.12, "seen"), (0.12, "unseen")):
-            means = [table[n][metric][group]["mean"] for n in names]
+            zero = table["zero-shot"][metric][group]["mean"]
+            means = [table[n][metric][group]["mean"] - zero for n in names]
             sds = [table[n][metric][group]["sd"] for n in names]
             ax.errorbar(np.arange(len(names)) + offset, means, yerr=sds, fmt="o", capsize=3,
                         label=f"{group} query languages" + (f" ({', '.join(held_out)})" if group == "unseen" else ""))
-        ax.set_title(f"mAP {metric}")
+        ax.set_title(f"mAP {metric}: gain over zero-shot")
+        ax.axhline(0, color="grey", lw=0.8)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -93,7 +95,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--replot", type=Path, help="only redraw --plot from this run's JSON")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.replot.read_text())["table"], args.plot, args.held_out)
+        return
     machine = f"{platform.machine()}, {os.cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}"
 
     storage = Storage()
