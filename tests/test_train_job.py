@@ -49,6 +49,14 @@ def _registered_checkpoints(output) -> int:
         return 0
 
 
+def _descends_from_this_process(process) -> bool:
+    """The local Ray that ray.init starts runs under the test process (raylet -> workers)."""
+    try:
+        return any(parent.pid == os.getpid() for parent in process.parents())
+    except Exception:  # noqa: BLE001 - the process ended meanwhile
+        return False
+
+
 def _config(tiny_models, tmp_path, output, **overrides) -> TrainEncoderConfig:
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _parallel_rows()), encoding="utf-8")
@@ -166,8 +174,9 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(ra
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
             if _registered_checkpoints(output) >= 1:
-                workers = [p for p in psutil.process_iter(["cmdline"])
-                           if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+                workers = [p for p in psutil.process_iter(["cmdline"])  # this test's Ray only: another Ray
+                           if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])  # on the machine is not ours
+                           and _descends_from_this_process(p)]
                 if workers:
                     workers[0].send_signal(signal.SIGKILL)
                     killed.append(workers[0].pid)
