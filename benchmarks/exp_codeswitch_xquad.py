@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
-import platform
 import re
 import time
 from pathlib import Path
 
 import numpy as np
-from xquad_runs import SHARED, RunSettings, evaluate, inference_encoder, mean_sd, train_use
+from xquad_runs import RunSettings, add_run_arguments, evaluate, inference_encoder, machine_line, mean_sd, train_use
 
 from xdr.eval.datasets import load_lareqa
 from xdr.storage import Storage
@@ -101,20 +99,12 @@ def plot(table: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--xquad", type=Path, default=SHARED / "xquad")
-    parser.add_argument("--xquad-r", type=Path, default=SHARED / "xquad-r")
+    add_run_arguments(parser)
     parser.add_argument("--dictionaries", default="exp-output/dictionaries/*.txt")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--latency-queries", type=int, default=300)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--md", type=Path)
-    parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}"
+    machine = machine_line()
 
     files = sorted(glob.glob(args.dictionaries))
     if not files:

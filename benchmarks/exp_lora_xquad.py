@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
-from xquad_runs import SHARED, RunSettings, evaluate, inference_encoder, mean_sd, train_use
+from xquad_runs import RunSettings, add_run_arguments, evaluate, inference_encoder, machine_line, mean_sd, train_use
 
 from xdr.config import EncoderConfig
 from xdr.encoder import UseEncoder
@@ -83,24 +80,16 @@ def plot(table: dict, path: Path, held_out: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--xquad", type=Path, default=SHARED / "xquad")
-    parser.add_argument("--xquad-r", type=Path, default=SHARED / "xquad-r")
+    add_run_arguments(parser, lr_help="full fine-tuning's learning rate")
     parser.add_argument("--held-out", nargs="+", default=["el", "vi", "th"])
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 16, 64])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-5, help="full fine-tuning's learning rate")
     parser.add_argument("--lora-lr", type=float, default=5e-4)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--md", type=Path)
-    parser.add_argument("--plot", type=Path)
     parser.add_argument("--replot", type=Path, help="only redraw --plot from this run's JSON")
     args = parser.parse_args()
     if args.replot:
         plot(json.loads(args.replot.read_text())["table"], args.plot, args.held_out)
         return
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}"
+    machine = machine_line()
 
     storage = Storage()
     seen = [x for x in XQUAD_LANGUAGES if x not in args.held_out]

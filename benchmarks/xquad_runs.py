@@ -7,7 +7,10 @@ languages) and exp_codeswitch_xquad.py (code-switched queries).
 
 from __future__ import annotations
 
+import argparse
 import copy
+import os
+import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -90,3 +93,20 @@ def evaluate(encoder, data) -> dict:
 def mean_sd(values) -> dict:
     values = list(values)
     return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, lr_help: str | None = None) -> None:
+    """The data, training and output arguments every XQuAD training experiment takes."""
+    parser.add_argument("--xquad", type=Path, default=SHARED / "xquad")
+    parser.add_argument("--xquad-r", type=Path, default=SHARED / "xquad-r")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5, help=lr_help)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--md", type=Path)
+    parser.add_argument("--plot", type=Path)
+
+
+def machine_line() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}"
