@@ -51,11 +51,11 @@ def write_corpus(path: Path, n: int) -> Path:
 
 def run_direct(config) -> None:
     """The same stage classes, one process, part after part."""
-    from xdr.corpus import prepare_parts
     from xdr.stages import EmbedPartStage, GenerateQueriesStage
     from xdr.storage import Storage
+    from xdr.validation import validate_corpus
 
-    summary = prepare_parts(Storage(), config.corpus, config.output)
+    summary = validate_corpus(Storage(), config.corpus, config.output)
     generate, embed = GenerateQueriesStage(config), EmbedPartStage(config)
     for part in summary.parts:
         generate.run_part(part.part)

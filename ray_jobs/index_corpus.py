@@ -3,8 +3,9 @@
     python -m ray_jobs.index_corpus --config configs/xor_tydi.yaml --output=s3://bucket/run
     ray job submit --working-dir . -- python -m ray_jobs.index_corpus --config ...
 
-1. One Ray task reads and validates the corpus in a single pass (so duplicate ids are caught across
-   files) and writes passages/ and rejects/ parts.
+1. Ray tasks read and validate the corpus in parallel (files and byte ranges), find duplicate ids by
+   hash partition, and cut passages/ and rejects/ parts (xdr.validation); the outcome is committed once
+   to validation.json, so a rerun never reads the corpus again.
 2. A Ray Data pipeline over the part numbers streams each part through a generator actor pool and an
    encoder actor pool; each actor writes its part's file to storage and returns a small summary.
 3. The driver follows the summaries (progress, ETA), then writes the manifest.
@@ -20,13 +21,14 @@ from typing import Any
 import ray
 
 from ray_jobs.common import gpus_per_actor, on_terminal, run_job
+from ray_jobs.tasks import RayTasks
 from xdr.config import IndexingJobConfig
-from xdr.corpus import PrepareSummary, prepare_parts
 from xdr.layout import RunLayout
 from xdr.manifest import begin_run, finish_run, read_manifest
 from xdr.progress import Progress
 from xdr.stages import EmbedPartStage, GenerateQueriesStage
 from xdr.storage import Storage
+from xdr.validation import PrepareSummary, validate_corpus
 
 log = logging.getLogger("xdr.index")
 
@@ -42,8 +44,8 @@ def _check_queries_source(storage: Storage, config: IndexingJobConfig, parts: in
 
 
 def _prepare(storage: Storage, config: IndexingJobConfig) -> PrepareSummary:
-    task = ray.remote(prepare_parts).options(num_cpus=1, max_retries=2, retry_exceptions=[OSError])
-    return ray.get(task.remote(storage, config.corpus, config.output))
+    tasks = RayTasks(cpus_per_task=config.resources.cpus_per_validation_task)
+    return validate_corpus(storage, config.corpus, config.output, tasks, progress=log.info)
 
 
 def build_pipeline(config: IndexingJobConfig, parts: list[int]) -> ray.data.Dataset:
@@ -92,7 +94,7 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
         raise RuntimeError(f"embedded {embedded} passages in {len(summaries)} parts, expected "
                            f"{prepared.passages} in {len(prepared.parts)}")
     new_rows = sum(int(r["embeddings_rows"]) for r in summaries if not r["embeddings_skipped"])
-    files = [f for p in prepared.parts for f in p.files]
+    files = [f for p in prepared.parts for f in p.files] + [storage.record(RunLayout(config.output).validation)]
     for stage in ("queries", "embeddings"):
         files += [{"uri": r[f"{stage}_file"], "bytes": int(r[f"{stage}_bytes"]), "sha256": r[f"{stage}_sha256"]}
                   for r in summaries if f"{stage}_file" in r]
@@ -110,6 +112,7 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
             "passages_without_queries": sum(int(r["embeddings_without_queries"]) for r in summaries),
             "embeddings": embedded,
             "parts_resumed": sum(bool(r["embeddings_skipped"]) for r in summaries),
+            "validation_resumed": prepared.resumed,
         },
         source_files=prepared.source_files,
         files=[f if isinstance(f, dict) else vars(f) for f in files],
@@ -129,7 +132,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
     lines = [
         f"run:        {manifest['config']['output']}  ({manifest['status']}, attempt {manifest['attempts']})",
         f"corpus:     {c['rows_read']:,} rows read, {c['passages']:,} passages, {c['rejects']:,} rejected "
-        f"{c['reject_reasons'] or ''}",
+        f"{c['reject_reasons'] or ''}{' (validated by an earlier attempt)' if c.get('validation_resumed') else ''}",
         f"queries:    {c['queries_generated']:,} generated, {c['queries_fused']:,} fused, "
         f"{c['passages_without_queries']:,} passages without queries",
         f"embeddings: {c['embeddings']:,} in {c['parts']} parts ({c['parts_resumed']} resumed from an earlier run)",

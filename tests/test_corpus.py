@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from xdr.config import CorpusConfig
-from xdr.corpus import detect_format, prepare_parts
+from xdr.corpus import detect_format
+from xdr.validation import validate_corpus
 from xdr.storage import Storage
 
 
@@ -26,7 +27,7 @@ def _read(run, stage):
 def _prepare(tmp_path, path, **kw):
     run = tmp_path / "run"
     cfg = CorpusConfig(path=str(path), **{"max_reject_fraction": 1.0, **kw})
-    return run, prepare_parts(Storage(), cfg, str(run))
+    return run, validate_corpus(Storage(), cfg, str(run))
 
 
 def test_every_kind_of_bad_jsonl_row_is_rejected_with_line_and_reason(tmp_path):
@@ -96,7 +97,7 @@ def test_parts_are_cut_by_valid_rows_and_resume_keeps_committed_files(tmp_path):
 def test_too_many_rejects_fail_with_counts_and_where_to_look(tmp_path):
     path = _jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "ok"}], [b"{bad", b'{"id": "b"}'])
     with pytest.raises(ValueError, match=r"2 of 3 rows rejected .* > corpus.max_reject_fraction 50.00%.*rejects"):
-        prepare_parts(Storage(), CorpusConfig(path=str(path), max_reject_fraction=0.5), str(tmp_path / "run"))
+        validate_corpus(Storage(), CorpusConfig(path=str(path), max_reject_fraction=0.5), str(tmp_path / "run"))
     with pytest.raises(ValueError, match="no valid passage"):
         _prepare(tmp_path, _jsonl(tmp_path / "bad.jsonl", [], [b"{bad"]))
     with pytest.raises(ValueError, match="names no files"):

@@ -12,13 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xdr.config import CorpusConfig
-from xdr.corpus import prepare_parts, reason_kind
+from xdr.corpus import reason_kind
+from xdr.validation import validate_corpus
 from xdr.storage import Storage
 
 
 def _prepare(tmp_path, path, **kw):
     run = tmp_path / "run"
-    summary = prepare_parts(Storage(), CorpusConfig(path=str(path), **{"max_reject_fraction": 1.0, **kw}), str(run))
+    summary = validate_corpus(Storage(), CorpusConfig(path=str(path), **{"max_reject_fraction": 1.0, **kw}), str(run))
     passages = pq.read_table(run / "passages").to_pylist()
     rejects = pq.read_table(run / "rejects").to_pylist()
     assert summary.rows_read == summary.passages + summary.rejects == len(passages) + len(rejects)
@@ -137,7 +138,7 @@ def test_parquet_with_other_column_types_invalid_utf8_and_binary(tmp_path):
     no_text = pa.table({"id": ["a", "b"], "body": ["x", "y"]})
     pq.write_table(no_text, tmp_path / "c.parquet")
     with pytest.raises(ValueError, match=r"2 of 2 rows rejected.*'missing text': 2|no valid passage.*missing text"):
-        prepare_parts(Storage(), CorpusConfig(path=str(tmp_path / "c.parquet")), str(tmp_path / "c"))
+        validate_corpus(Storage(), CorpusConfig(path=str(tmp_path / "c.parquet")), str(tmp_path / "c"))
 
 
 def test_broken_files_fail_naming_the_file_not_a_row(tmp_path):

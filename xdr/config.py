@@ -53,6 +53,10 @@ class CorpusConfig(_Section):
         0.01, ge=0, le=1, description="The job fails when more than this fraction of rows is rejected.")
     passages_per_part: int = Field(
         10_000, gt=0, description="Valid passages per part. A part is the unit of work, commit and resume.")
+    split_bytes: int = Field(
+        64 << 20, gt=0, description="Validation reads uncompressed files larger than this in byte ranges of this "
+        "size, one task each, and finds duplicate ids in one hash partition per this many input bytes. Gzip "
+        "files are read whole (one task a file). Changes no output, only how validation spreads over CPUs.")
 
     _absolute_path = field_validator("path")(classmethod(lambda cls, v: absolute_location(v)))
 
@@ -116,6 +120,9 @@ class ResourcesConfig(_Section):
     generator_actors: tuple[int, int] = Field(
         (1, 8), description="(min, max) generator actors; the pool grows onto new GPU nodes up to max.")
     encoder_actors: tuple[int, int] = Field((1, 8), description="(min, max) encoder actors.")
+    cpus_per_validation_task: float = Field(
+        1.0, gt=0, description="CPUs reserved by each corpus validation task; validation runs as many tasks at "
+        "once as the cluster's CPUs allow.")
 
     @field_validator("generator_actors", "encoder_actors")
     @classmethod

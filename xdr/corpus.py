@@ -13,6 +13,7 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -42,6 +43,10 @@ class RawRow:
 def reject_reason(kind: str, detail: str = "") -> str:
     """A reject's reason: a fixed kind (counted in the summary), then the row's detail (kept in rejects/)."""
     return f"{kind}: {detail}" if detail else kind
+
+
+def duplicate_reason(first_seen_at: str) -> str:
+    return reject_reason("duplicate id", f"first seen at {first_seen_at}")
 
 
 def reason_kind(reason: str) -> str:
@@ -108,18 +113,83 @@ def _excerpt(text: str | bytes) -> str:
     return text[:EXCERPT_CHARS].encode("utf-8", errors="replace").decode("utf-8")  # surrogates made writable
 
 
-def _text_rows(storage: Storage, uri: str, parse, max_line_bytes: int) -> Iterator[RawRow]:
+class _LinesInRange:
+    """A byte stream of the lines that start in [start, end) of a seekable file. The line in progress at
+    `start` belongs to the range before; the last line is read on past `end` to its newline. So ranges
+    cut anywhere give every line to exactly one range, and memory stays bounded by the read size."""
+
+    def __init__(self, file, start: int, end: int):
+        self.file, self.end = file, end
+        self.pos = self._first_line_start(start)
+        self.done = self.pos >= end
+
+    def _first_line_start(self, start: int) -> int:
+        if start == 0:
+            return 0
+        self.file.seek(start - 1)
+        pos = start - 1
+        while chunk := self.file.read(1 << 16):
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                pos += newline + 1
+                self.file.seek(pos)
+                return pos
+            pos += len(chunk)
+        return pos  # the file ends inside the line: nothing starts in this range
+
+    def read(self, size: int) -> bytes:
+        if self.done:
+            return b""
+        if self.pos < self.end:
+            data = self.file.read(min(size, self.end - self.pos))
+            self.pos += len(data)
+            if not data or (self.pos == self.end and data.endswith(b"\n")):
+                self.done = True  # the range ends on a line end: the next line is the next range's
+            return data
+        data = self.file.read(size)  # past the end: finish the last line
+        newline = data.find(b"\n")
+        if not data or newline >= 0:
+            self.done = True
+            return data[: newline + 1]
+        return data
+
+
+@dataclass
+class ReadCount:
+    """Lines (or Parquet rows) a reader went through, blank lines included: where the next range's
+    line numbers start."""
+
+    lines: int = 0
+
+
+@contextmanager
+def _open_lines(storage: Storage, uri: str, start: int, end: int | None):
+    """The file's bytes (gzip decompressed), or only the lines of a byte range of an uncompressed file."""
     fs, path = storage.filesystem(uri)
+    if end is None:
+        with fs.open_input_stream(path, compression="detect") as stream:
+            yield stream
+    else:
+        with fs.open_input_file(path) as file:
+            yield _LinesInRange(file, start, end)
+
+
+def _text_rows(storage: Storage, uri: str, parse, max_line_bytes: int, start: int = 0, end: int | None = None,
+               count: ReadCount | None = None) -> Iterator[RawRow]:
+    """Rows of a text file, or of the lines that start in a byte range of it (line numbers then count
+    from the range's first line)."""
+    count = count if count is not None else ReadCount()
     line_no = 0
     try:
-        with fs.open_input_stream(path, compression="detect") as stream:
+        with _open_lines(storage, uri, start, end) as stream:
             for line_no, raw in enumerate(_lines(stream, max_line_bytes=max_line_bytes), start=1):
+                count.lines = line_no
                 if isinstance(raw, _OverlongLine):
                     yield RawRow(uri, line_no, None, reject_reason(
                         "line too long", f"{raw.length:,} bytes > corpus.max_line_bytes {max_line_bytes:,}"),
                         _excerpt(raw.head))
                     continue
-                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
+                if line_no == 1 and start == 0 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
                     raw = raw[3:]
                 if not raw.strip():
                     continue
@@ -133,12 +203,33 @@ def _text_rows(storage: Storage, uri: str, parse, max_line_bytes: int) -> Iterat
                 if row is not None:
                     yield row
     except OSError as err:  # truncated or corrupt compressed data, or the storage failing: not a row's fault
-        raise OSError(f"{uri}: reading failed after line {line_no} ({err}); fix or remove the file") from err
+        where = f"after line {line_no}" if start == 0 else f"after line {line_no} of the range from byte {start:,}"
+        raise OSError(f"{uri}: reading failed {where} ({err}); fix or remove the file") from err
 
 
-def _tsv_rows(storage: Storage, uri: str, max_line_bytes: int) -> Iterator[RawRow]:
-    columns = TSV_COLUMNS
+def _tsv_header(values: list[str]) -> tuple[str, ...] | None:
+    """The column names if a first line is a header naming at least id, text and title."""
+    names = tuple(v.strip().lower() for v in values)
+    return names if set(names) >= set(TSV_COLUMNS) else None
+
+
+def _tsv_file_columns(storage: Storage, uri: str, max_line_bytes: int) -> tuple[str, ...]:
+    """The columns a file's header line names (for ranges that start after it), else the default."""
+    with _open_lines(storage, uri, 0, None) as stream:
+        first = next(_lines(stream, max_line_bytes=max_line_bytes), b"")
+    if isinstance(first, _OverlongLine):
+        return TSV_COLUMNS
+    try:
+        values = next(csv.reader([first.removeprefix(b"\xef\xbb\xbf").decode("utf-8")], delimiter="\t"), [])
+    except (UnicodeDecodeError, csv.Error):
+        return TSV_COLUMNS
+    return _tsv_header(values) or TSV_COLUMNS
+
+
+def _tsv_rows(storage: Storage, uri: str, max_line_bytes: int, **span) -> Iterator[RawRow]:
     csv.field_size_limit(max(csv.field_size_limit(), max_line_bytes))  # csv's default caps a field at 128 KiB
+    at_file_start = span.get("start", 0) == 0
+    columns = TSV_COLUMNS if at_file_start else _tsv_file_columns(storage, uri, max_line_bytes)
 
     def parse(source: str, line_no: int, line: str) -> RawRow | None:
         nonlocal columns
@@ -146,18 +237,18 @@ def _tsv_rows(storage: Storage, uri: str, max_line_bytes: int) -> Iterator[RawRo
             values = next(csv.reader([line], delimiter="\t"))
         except csv.Error as err:
             return RawRow(source, line_no, None, reject_reason("invalid TSV", str(err)), _excerpt(line))
-        if line_no == 1 and {v.strip().lower() for v in values} >= set(TSV_COLUMNS):
-            columns = tuple(v.strip().lower() for v in values)
+        if line_no == 1 and at_file_start and _tsv_header(values):
+            columns = _tsv_header(values)
             return None  # header line
         if len(values) != len(columns):
             return RawRow(source, line_no, None, reject_reason(
                 "wrong column count", f"expected {len(columns)}, got {len(values)}"), _excerpt(line))
         return RawRow(source, line_no, dict(zip(columns, values)), excerpt=_excerpt(line))
 
-    yield from _text_rows(storage, uri, parse, max_line_bytes)
+    yield from _text_rows(storage, uri, parse, max_line_bytes, **span)
 
 
-def _jsonl_rows(storage: Storage, uri: str, max_line_bytes: int) -> Iterator[RawRow]:
+def _jsonl_rows(storage: Storage, uri: str, max_line_bytes: int, **span) -> Iterator[RawRow]:
     def parse(source: str, line_no: int, line: str) -> RawRow:
         try:
             obj = json.loads(line)
@@ -170,7 +261,7 @@ def _jsonl_rows(storage: Storage, uri: str, max_line_bytes: int) -> Iterator[Raw
                           _excerpt(line))
         return RawRow(source, line_no, obj, excerpt=_excerpt(line))
 
-    yield from _text_rows(storage, uri, parse, max_line_bytes)
+    yield from _text_rows(storage, uri, parse, max_line_bytes, **span)
 
 
 def _parquet_values(batch: pa.RecordBatch) -> Iterator[dict | UnicodeDecodeError]:
@@ -185,16 +276,29 @@ def _parquet_values(batch: pa.RecordBatch) -> Iterator[dict | UnicodeDecodeError
                 yield err
 
 
-def _parquet_rows(storage: Storage, uri: str, max_line_bytes: int) -> Iterator[RawRow]:
+def _row_group_start(row_group) -> int:
+    """Byte offset where a row group's data begins (its first column chunk)."""
+    column = row_group.column(0)
+    return column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+
+
+def _parquet_rows(storage: Storage, uri: str, max_line_bytes: int, start: int = 0, end: int | None = None,
+                  count: ReadCount | None = None) -> Iterator[RawRow]:
+    """Rows of a Parquet file, or of the row groups that start in a byte range of it. `line` is the
+    row number (counted from the range's first row)."""
+    count = count if count is not None else ReadCount()
     fs, path = storage.filesystem(uri)
     try:
         parquet = pq.ParquetFile(fs.open_input_file(path))
     except pa.ArrowInvalid as err:
         raise ValueError(f"{uri}: not a readable Parquet file ({err}); fix or remove it") from err
+    groups = [g for g in range(parquet.num_row_groups)
+              if end is None or start <= _row_group_start(parquet.metadata.row_group(g)) < end]
     line_no = 0
-    for batch in parquet.iter_batches(batch_size=4096):
+    for batch in parquet.iter_batches(batch_size=4096, row_groups=groups) if groups else ():
         for obj in _parquet_values(batch):
             line_no += 1
+            count.lines = line_no
             if isinstance(obj, UnicodeDecodeError):
                 yield RawRow(uri, line_no, None, reject_reason("invalid UTF-8", f"at byte {obj.start} of a value"),
                              _excerpt(obj.object))
@@ -202,9 +306,12 @@ def _parquet_rows(storage: Storage, uri: str, max_line_bytes: int) -> Iterator[R
             yield RawRow(uri, line_no, obj, excerpt=_excerpt(str(obj.get("text", ""))))
 
 
-def iter_raw_rows(storage: Storage, uri: str, fmt: str, *, max_line_bytes: int = 8 << 20) -> Iterator[RawRow]:
+def iter_raw_rows(storage: Storage, uri: str, fmt: str, *, max_line_bytes: int = 8 << 20, start: int = 0,
+                  end: int | None = None, count: ReadCount | None = None) -> Iterator[RawRow]:
+    """Rows of a corpus file; with `end`, only the rows that start in the byte range [start, end) of an
+    uncompressed file, numbered from that range's first line. `count` receives the lines gone through."""
     readers = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}
-    return readers[fmt](storage, uri, max_line_bytes)
+    return readers[fmt](storage, uri, max_line_bytes, start=start, end=end, count=count)
 
 
 def _type_name(value) -> str:
@@ -248,10 +355,12 @@ class PassageValidator:
     other shape is a reject with its own reason, never a crash and never a silent conversion.
     """
 
-    def __init__(self, *, default_lang: str, max_text_chars: int):
+    def __init__(self, *, default_lang: str, max_text_chars: int, find_duplicates: bool = True):
         self.default_lang = default_lang
         self.max_text_chars = max_text_chars
-        self._first_seen: dict[str, str] = {}
+        # every id seen, for one-process readers of small corpora; the indexing job finds duplicates
+        # across the cluster instead (xdr.validation), and turns this off
+        self._first_seen: dict[str, str] | None = {} if find_duplicates else None
 
     def _passage_id(self, fields: dict) -> tuple[str | None, str | None]:
         key = next((k for k in _ID_KEYS if fields.get(k) not in (None, "")), None)
@@ -289,86 +398,9 @@ class PassageValidator:
         lang, lang_reason = _text_value(fields, lang_key, required=False)
         if reason or lang_reason:
             return None, reason or lang_reason
-        where = f"{row.source}:{row.line}"
-        first = self._first_seen.setdefault(pid, where)
-        if first != where:
-            return None, reject_reason("duplicate id", f"first seen at {first}")
+        if self._first_seen is not None:
+            where = f"{row.source}:{row.line}"
+            first = self._first_seen.setdefault(pid, where)
+            if first != where:
+                return None, duplicate_reason(first)
         return {"id": pid, "title": title or "", "text": text, "lang": lang or self.default_lang}, None
-
-
-@dataclass
-class PartInfo:
-    part: int
-    passages: int
-    rejects: int
-    files: list[FileRecord]
-
-
-@dataclass
-class PrepareSummary:
-    rows_read: int = 0
-    passages: int = 0
-    rejects: int = 0
-    reject_reasons: Counter = field(default_factory=Counter)
-    parts: list[PartInfo] = field(default_factory=list)
-    source_files: list[str] = field(default_factory=list)
-
-    @property
-    def reject_fraction(self) -> float:
-        return self.rejects / self.rows_read if self.rows_read else 0.0
-
-
-def prepare_parts(storage: Storage, config: CorpusConfig, run_uri: str) -> PrepareSummary:
-    """Read and validate the corpus once, writing passages/ and rejects/ part files.
-
-    Parts already committed by an earlier, interrupted run are not written again (the cut is
-    deterministic, so their content is the same). Raises ValueError when nothing is valid or the
-    reject fraction exceeds `config.max_reject_fraction`.
-    """
-    files = storage.expand(config.path)
-    if not files:
-        raise ValueError(f"corpus.path {config.path!r} names no files")
-    summary = PrepareSummary(source_files=files)
-    layout = RunLayout(run_uri)
-    validator = PassageValidator(default_lang=config.default_lang, max_text_chars=config.max_text_chars)
-    passages: list[dict] = []
-    rejects: list[dict] = []
-
-    def flush() -> None:
-        part = len(summary.parts)
-        passages_uri, rejects_uri = layout.part("passages", part), layout.part("rejects", part)
-        if storage.exists(passages_uri):  # committed by an earlier run
-            files = [storage.record(rejects_uri), storage.record(passages_uri)]
-        else:
-            files = [storage.write_table(rejects_uri, pa.Table.from_pylist(rejects, schema=schemas.REJECTS)),
-                     storage.write_table(passages_uri, pa.Table.from_pylist(passages, schema=schemas.PASSAGES))]
-        summary.parts.append(PartInfo(part, len(passages), len(rejects), files))
-        passages.clear()
-        rejects.clear()
-
-    for uri in files:
-        for row in iter_raw_rows(storage, uri, detect_format(uri, config.format),
-                                 max_line_bytes=config.max_line_bytes):
-            summary.rows_read += 1
-            passage, reason = validator.check(row)
-            if passage is not None:
-                passages.append(passage)
-                summary.passages += 1
-                if len(passages) == config.passages_per_part:
-                    flush()
-            else:
-                rejects.append({"source": row.source, "line": row.line, "reason": reason, "excerpt": row.excerpt})
-                summary.rejects += 1
-                summary.reject_reasons[reason_kind(reason)] += 1
-    if passages or rejects or not summary.parts:
-        flush()
-
-    if summary.passages == 0:
-        raise ValueError(f"no valid passage in {config.path!r} ({summary.rejects} rows rejected: "
-                         f"{dict(summary.reject_reasons)}); see {layout.folder('rejects')}")
-    if summary.reject_fraction > config.max_reject_fraction:
-        raise ValueError(
-            f"{summary.rejects} of {summary.rows_read} rows rejected ({summary.reject_fraction:.2%} > "
-            f"corpus.max_reject_fraction {config.max_reject_fraction:.2%}): {dict(summary.reject_reasons)}. "
-            f"The rows and reasons are in {layout.folder('rejects')}; fix the corpus or raise the limit.")
-    return summary

@@ -28,3 +28,8 @@ class RunLayout:
     @property
     def manifest(self) -> str:
         return join(self.root, "manifest.json")
+
+    @property
+    def validation(self) -> str:
+        """What validation decided (parts, counts, the corpus files it read), committed once."""
+        return join(self.root, "validation.json")

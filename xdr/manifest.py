@@ -22,7 +22,8 @@ from xdr.layout import RunLayout
 from xdr.storage import Storage
 
 # Settings that change no output file: how fast it runs and where it reads from.
-_NOT_OUTPUT_AFFECTING = {"resources": True, "storage": True, "generator": {"batch_size"}, "encoder": {"batch_size"}}
+_NOT_OUTPUT_AFFECTING = {"resources": True, "storage": True, "generator": {"batch_size"}, "encoder": {"batch_size"},
+                         "corpus": {"split_bytes"}}
 
 
 def output_settings(config: IndexingJobConfig) -> dict[str, Any]:

@@ -12,7 +12,10 @@ import hashlib
 import io
 import os
 import re
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from urllib.parse import urlparse
@@ -73,6 +76,30 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 def _is_hidden(name: str) -> bool:
     return name.startswith((".", "_"))
+
+
+class _HashingFile:
+    """A binary file that counts and hashes what is written to it."""
+
+    def __init__(self, raw, uri: str):
+        self._raw, self._uri, self._hash, self._bytes = raw, uri, hashlib.sha256(), 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self._hash.update(view)
+        self._bytes += view.nbytes
+        return self._raw.write(view)
+
+    def tell(self) -> int:
+        return self._bytes
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    @property
+    def record(self) -> FileRecord:
+        return FileRecord(self._uri, self._bytes, self._hash.hexdigest())
 
 
 class Storage:
@@ -152,6 +179,15 @@ class Storage:
         fs, path = self.filesystem(uri)
         return pq.read_metadata(path, filesystem=fs).num_rows
 
+    def file_infos(self, uris: list[str]) -> list[dict]:
+        """Size and modification time of each file, in one listing call per filesystem: how a rerun tells
+        that its input changed."""
+        if not uris:
+            return []
+        fs, _ = self.filesystem(uris[0])
+        infos = fs.get_file_info([self.filesystem(u)[1] for u in uris])
+        return [{"uri": u, "bytes": int(i.size or 0), "mtime_ns": i.mtime_ns} for u, i in zip(uris, infos)]
+
     def list_files(self, uri: str, suffix: str = "") -> list[str]:
         """Files under a folder (recursive, hidden names skipped), sorted; [] if it does not exist."""
         fs, path = self.filesystem(uri)
@@ -160,9 +196,12 @@ class Storage:
             return []
         if info.type == pafs.FileType.File:
             return [self._uri(uri, path)]
-        selector = pafs.FileSelector(path, recursive=True)
+        try:  # S3 may still report a folder whose objects were just deleted
+            entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        except FileNotFoundError:
+            return []
         found = []
-        for entry in fs.get_file_info(selector):
+        for entry in entries:
             rel = entry.path[len(path):].lstrip("/")
             if entry.type != pafs.FileType.File or any(_is_hidden(p) for p in rel.split("/")):
                 continue
@@ -206,6 +245,39 @@ class Storage:
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         return self.write_bytes(uri, buffer.getvalue())
+
+    @contextmanager
+    def writer(self, uri: str, *, spool_dir: str | None = None) -> Iterator[_HashingFile]:
+        """A file to stream into, for outputs too large to build in memory; committed atomically when the
+        block ends without an error (local: renamed into place; S3: uploaded from a local spool file,
+        multipart when large). Its record is `.record` on the yielded file afterwards."""
+        fs, path = self.filesystem(uri)
+        if is_s3(uri):
+            folder = spool_dir or tempfile.gettempdir()
+        else:
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as raw:
+                out = _HashingFile(raw, uri)
+                yield out
+                raw.flush()
+                os.fsync(raw.fileno())
+            if is_s3(uri):
+                bucket, _, key = path.partition("/")
+                self._s3_client.upload_file(tmp, bucket, key)
+            else:
+                os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def remove_tree(self, uri: str) -> None:
+        """Delete a folder and everything under it (nothing if it does not exist)."""
+        fs, path = self.filesystem(uri)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
 
     def record(self, uri: str) -> FileRecord:
         """The record of a file already committed (size and checksum read back)."""
