@@ -7,8 +7,8 @@ import pytest
 
 from xdr.config import CorpusConfig
 from xdr.corpus import detect_format
-from xdr.validation import validate_corpus
 from xdr.storage import Storage
+from xdr.validation import validate_corpus
 
 
 def _jsonl(path, rows, raw_lines=()):

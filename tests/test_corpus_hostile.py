@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from xdr.config import CorpusConfig
 from xdr.corpus import reason_kind
-from xdr.validation import validate_corpus
 from xdr.storage import Storage
+from xdr.validation import validate_corpus
 
 
 def _prepare(tmp_path, path, **kw):

@@ -71,6 +71,8 @@ def test_killed_job_resumes_to_the_uninterrupted_result(ray_local, tiny_models, 
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["attempts"] == 2
     assert manifest["counts"]["parts_resumed"] >= len(committed)
+    assert manifest["counts"]["validation_resumed"], "the rerun validated the corpus a second time"
+    assert "the corpus is not read again" in rerun.stderr
 
     run_indexing(make_config(tiny_models, corpus, tmp_path / "whole", generator={"max_new_tokens": 24}))
     for stage in ("passages", "rejects", "queries"):

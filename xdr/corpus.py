@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xdr import schemas
-from xdr.config import CorpusConfig
-from xdr.layout import RunLayout
-from xdr.storage import FileRecord, Storage
+from xdr.storage import Storage
 
 EXCERPT_CHARS = 200
 TSV_COLUMNS = ("id", "text", "title")
