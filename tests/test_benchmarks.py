@@ -23,3 +23,18 @@ def test_gpu_benchmark_runs_end_to_end_in_tiny_mode(tmp_path):
     assert result["use"]["sentences_per_s_fp32"] > 0 and result["train_step"]["examples_per_s"] > 0
     ivf = result["ivf_training"]  # both k-means reach a comparable objective on the same data
     assert ivf["torch_s"] > 0 and abs(ivf["mse_torch"] - ivf["mse_faiss_cpu"]) < 0.05 * ivf["mse_faiss_cpu"]
+
+
+@pytest.mark.slow
+def test_validation_benchmark_runs_in_tiny_mode_and_finds_what_was_planted(tmp_path):
+    out = tmp_path / "validation.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_validation.py"), "--tiny", "--json",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (size,) = result["sizes"]
+    assert [r["cpus"] for r in size["ray"]] == [1, 2]
+    for r in size["ray"]:  # the script itself checks the counts against the planted rows; here the report
+        assert r["passages"] == 2000 and r["rejects"]["duplicate id"] == size["planted"]["duplicates"] == 300
+        assert r["peak_rss_mib"]["validate_unit"] > 0 and r["rows_per_s"] > 0
+    assert "| 2,000 |" in done.stdout

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from xdr import index as xindex
@@ -141,3 +142,65 @@ def test_build_refuses_a_folder_built_with_other_settings(tmp_path):
 
 def test_nlist_of_reads_the_factory_string():
     assert xindex.nlist_of("IVF256,PQ8np", 32) == 256 and xindex.nlist_of("IVF1,Flat", 8) == 1
+
+
+def test_shards_answer_the_ids_titles_and_texts_of_exact_search(tmp_path):
+    """Three shards of an exhaustive IVF1 index against brute force over the vectors, with the ids and
+    texts read straight from the run's passages parts."""
+    storage = Storage()
+    vectors = clustered_vectors(300, 16, clusters=5, seed=4)
+    ids = write_run(storage, str(tmp_path / "run"), vectors, part_size=40, text_of=lambda pid: f"«{pid}» " * 3)
+    _build(storage, str(tmp_path / "run"), str(tmp_path / "idx"), "IVF1,Flat", [40] * 7 + [20], shards=3)
+    searcher = ShardedSearcher(str(tmp_path / "idx"))
+    queries = vectors[::37] + 0.05
+    hits = searcher.search(queries, k=5)
+    scores = queries @ vectors.T
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    assert hits.ids == [[ids[j] for j in row] for row in expected]
+    np.testing.assert_allclose(hits.scores, np.take_along_axis(scores, expected, 1), rtol=1e-5)
+    passages = {r["id"]: r for r in pq.read_table(tmp_path / "run" / "passages").to_pylist()}
+    for shard in searcher.shards:
+        rows = np.arange(shard.first_id, shard.first_id + shard.size)[::13]
+        assert shard.lookup(rows, ("id", "title", "text")) == [
+            {k: passages[ids[r]][k] for k in ("id", "title", "text")} for r in rows]
+
+
+_RSS_SCRIPT = """
+import sys, numpy as np, psutil
+from xdr.search import ShardSearcher
+rss = psutil.Process().memory_info
+before = rss().rss
+shard = ShardSearcher(sys.argv[1], 0)
+loaded = rss().rss
+hits = shard.lookup(np.arange(shard.first_id, shard.first_id + shard.size)[::50], ("id", "title", "text"))
+assert len(hits) == 8 and all(h["text"].startswith(h["id"]) for h in hits)
+print(loaded - before, rss().rss - loaded, sum(len(h["text"]) for h in hits))
+"""
+
+
+def test_a_replica_does_not_hold_the_text(tmp_path):
+    """Two shards of 400 passages, one with 1 KiB of text a passage, one with 256 KiB (100 MB in all),
+    each loaded in a fresh process and asked for 8 texts: loading costs the same whatever the text (the
+    replica held it all before), and a lookup costs a few times the text it returns (2 MB here), read
+    from the mapped file."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    storage = Storage()
+    vectors = clustered_vectors(400, 16, clusters=4, seed=2)
+    load, lookup, returned, text_bytes = {}, {}, {}, {}
+    for kib in (1, 256):
+        run, idx = str(tmp_path / f"run{kib}"), tmp_path / f"idx{kib}"
+        words = kib * 1024 // 10 + 1  # ids are 9 characters, with the space 10
+        write_run(storage, run, vectors, part_size=100, text_of=lambda pid, words=words: (pid + " ") * words)
+        _build(storage, run, str(idx), "IVF1,Flat", [100] * 4, shards=1)
+        text_bytes[kib] = (idx / "shard-000.text.arrow").stat().st_size
+        out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(idx)], cwd=REPO, capture_output=True,
+                             text=True, check=True, timeout=120)
+        load[kib], lookup[kib], returned[kib] = map(int, out.stdout.split()[-3:])
+    more_text = text_bytes[256] - text_bytes[1]
+    assert more_text > 100e6
+    assert load[256] - load[1] < 0.02 * more_text, (load, text_bytes)
+    assert lookup[256] < 0.25 * more_text and returned[256] > 2e6, (lookup, returned)

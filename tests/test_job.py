@@ -65,7 +65,7 @@ def test_full_job_to_s3_read_back_row_by_row(ray_local, s3_server, tiny_models):
     for f in stored["files"]:
         body = client.get_object(Bucket=bucket, Key=f["uri"].split(f"{bucket}/", 1)[1])["Body"].read()
         assert (len(body), hashlib.sha256(body).hexdigest()) == (f["bytes"], f["sha256"])
-    assert len(stored["files"]) == 3 * 4
+    assert len(stored["files"]) == 3 * 4 + 1  # four stages of three parts, and validation.json
 
 
 @pytest.mark.slow

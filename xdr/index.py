@@ -2,19 +2,23 @@
 merge into S serving shards.
 
 Every passage gets an int64 id: its row number in the run (embedding parts in order). Each serving shard
-is one FAISS file plus a Parquet table mapping its int64 ids to passage ids (and, optionally, the
-passages' title and text for answering with text). Work is split so that no step holds the corpus:
-training holds the sample, adding holds one part, merging holds one serving shard plus one partial index.
+is one FAISS file, a Parquet table mapping its int64 ids to passage ids, and (optionally) an
+uncompressed Arrow IPC file of the passages' title and text in the same order, which a searcher
+memory-maps and reads only at its hits. Work is split so that no step holds the corpus: training holds
+the sample, adding holds one part, merging holds one serving shard's index plus one partial index and
+one part's docs (streamed to the shard's files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from xdr.layout import RunLayout
 from xdr.storage import FileRecord, Storage, join
@@ -94,6 +98,9 @@ class IndexLayout:
     def shard_docs(self, shard: int) -> str:
         return join(self.root, f"shard-{shard:03d}.docs.parquet")
 
+    def shard_text(self, shard: int) -> str:
+        return join(self.root, f"shard-{shard:03d}.text.arrow")
+
     @property
     def manifest(self) -> str:
         return join(self.root, "manifest.json")
@@ -147,26 +154,40 @@ def shard_plan(n_parts: int, n_shards: int) -> list[list[int]]:
     return [list(range(bounds[s], bounds[s + 1])) for s in range(n_shards)]
 
 
+DOCS = pa.schema([("faiss_id", pa.int64()), ("id", pa.string())])
+TEXT = pa.schema([("title", pa.string()), ("text", pa.string())])
+
+
 def merge_shard(storage: Storage, run_uri: str, index_root: str, shard: int, parts: list[int],
                 offsets: list[int], *, with_text: bool) -> dict:
-    """Merge the partial indexes of `parts` into serving shard `shard`; write it and its docs table."""
+    """Merge the partial indexes of `parts` into serving shard `shard`; stream its docs (and text) files
+    part by part, so memory holds the shard's index and one part's passages, never the shard's text."""
     layout, run = IndexLayout(index_root), RunLayout(run_uri)
     out = layout.shard(shard)
-    docs_columns = ["id", "title", "text"] if with_text else ["id"]
+    side_files = [layout.shard_docs(shard)] + ([layout.shard_text(shard)] if with_text else [])
     if storage.exists(out):  # committed by an earlier attempt
-        records = [storage.record(out), storage.record(layout.shard_docs(shard))]
-        vectors = storage.read_table(layout.shard_docs(shard), columns=["faiss_id"]).num_rows
+        records = [storage.record(u) for u in side_files] + [storage.record(out)]
+        vectors = storage.parquet_rows(layout.shard_docs(shard))
     else:
-        docs = []
         merged = from_bytes(storage.read_bytes(layout.trained))
-        for part in parts:
-            partial = from_bytes(storage.read_bytes(layout.partial(part)))
-            faiss.extract_index_ivf(merged).merge_from(faiss.extract_index_ivf(partial), 0)
-            del partial
-            table = storage.read_table(run.part("passages", part), columns=docs_columns)
-            docs.append(table.add_column(0, "faiss_id", pa.array(
-                np.arange(offsets[part], offsets[part] + table.num_rows, dtype=np.int64))))
-        docs_record = storage.write_table(layout.shard_docs(shard), pa.concat_tables(docs))
-        records = [storage.write_bytes(out, to_bytes(merged)), docs_record]  # the index last: it marks done
+        with contextlib.ExitStack() as stack:
+            docs_file = stack.enter_context(storage.writer(layout.shard_docs(shard)))
+            docs = stack.enter_context(pq.ParquetWriter(docs_file, DOCS, compression="zstd"))
+            if with_text:
+                text_file = stack.enter_context(storage.writer(layout.shard_text(shard)))
+                text = stack.enter_context(pa.ipc.new_file(text_file, TEXT))
+            for part in parts:
+                partial = from_bytes(storage.read_bytes(layout.partial(part)))
+                faiss.extract_index_ivf(merged).merge_from(faiss.extract_index_ivf(partial), 0)
+                del partial
+                passages = storage.read_table(run.part("passages", part),
+                                              columns=["id", "title", "text"] if with_text else ["id"])
+                faiss_ids = np.arange(offsets[part], offsets[part] + passages.num_rows, dtype=np.int64)
+                docs.write_table(pa.table({"faiss_id": faiss_ids, "id": passages["id"]}, schema=DOCS))
+                if with_text:
+                    text.write_table(passages.select(["title", "text"]).cast(TEXT), max_chunksize=4096)
+        records = [docs_file.record] + ([text_file.record] if with_text else [])
+        records.append(storage.write_bytes(out, to_bytes(merged)))  # the index last: it marks the shard done
         vectors = merged.ntotal
-    return {"shard": shard, "parts": parts, "vectors": int(vectors), "files": [vars(r) for r in records]}
+    return {"shard": shard, "parts": parts, "vectors": int(vectors), "first_id": offsets[parts[0]] if parts else 0,
+            "files": [vars(r) for r in records]}

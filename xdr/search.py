@@ -51,18 +51,23 @@ def _local_copy(storage: Storage, uri: str, sha256: str, cache_dir: str | None) 
     cache = Path(cache_dir or os.environ.get("XDR_CACHE", Path.home() / ".cache" / "xdr"))
     target = cache / sha256 / Path(uri).name
     if not target.exists():
-        data = storage.read_bytes(uri)
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise ValueError(f"{uri} does not match the checksum in its index manifest; rebuild the index")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".download")
-        tmp.write_bytes(data)
+        tmp = target.with_name(f".{target.name}.download-{os.getpid()}")
+        digest = hashlib.sha256()
+        with storage.open_input(uri) as source, open(tmp, "wb") as out:  # streamed: a shard's text can be GBs
+            while chunk := source.read(8 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            tmp.unlink()
+            raise ValueError(f"{uri} does not match the checksum in its index manifest; rebuild the index")
         tmp.replace(target)
     return str(target)
 
 
 class ShardSearcher:
-    """One serving shard: its FAISS index and its int64 -> passage table."""
+    """One serving shard: its FAISS index and passage ids in memory; titles and texts memory-mapped and
+    read only at the hits. Memory: the index bytes + the ids, whatever the size of the text."""
 
     def __init__(self, index_root: str, shard: int, *, storage: Storage | None = None, cache_dir: str | None = None,
                  nprobe: int | None = None):
@@ -80,8 +85,15 @@ class ShardSearcher:
             return _local_copy(self.storage, uri, checksums[uri.rsplit("/", 1)[-1]], cache_dir)
 
         self.index = faiss.read_index(local(layout.shard(shard)))
-        self.docs = pq.read_table(local(layout.shard_docs(shard)))
-        self.first_id = int(self.docs["faiss_id"][0].as_py()) if self.docs.num_rows else 0
+        self.ids = pq.read_table(local(layout.shard_docs(shard)), columns=["id"])["id"].combine_chunks()
+        self.first_id = int(entry["first_id"]) if "first_id" in entry else int(  # indexes built before first_id
+            pq.read_table(local(layout.shard_docs(shard)), columns=["faiss_id"])["faiss_id"][0].as_py())
+        text_name = layout.shard_text(shard).rsplit("/", 1)[-1]
+        # zero-copy over the mapped file: pages are read when a hit's text is, and the kernel can drop them
+        self.text = (pa.ipc.open_file(pa.memory_map(local(layout.shard_text(shard)))).read_all()
+                     if text_name in checksums else None)
+        self._batch_starts = (np.cumsum([0] + [len(c) for c in self.text.column(0).chunks])
+                              if self.text is not None else None)
         self.nprobe = nprobe or self.manifest["nprobe"]
 
     @property
@@ -94,9 +106,20 @@ class ShardSearcher:
         return self.index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
 
     def lookup(self, faiss_ids: np.ndarray, columns: tuple[str, ...] = ("id",)) -> list[dict]:
-        """Rows of the docs table for ids of this shard (its ids are contiguous from its first id)."""
-        rows = self.docs.take(pa.array(np.asarray(faiss_ids, dtype=np.int64) - self.first_id))
-        return rows.select(list(columns)).to_pylist()
+        """Passage id (and title, text) of ids of this shard (its ids are contiguous from its first id)."""
+        rows = pa.array(np.asarray(faiss_ids, dtype=np.int64) - self.first_id)
+        found = {"id": self.ids.take(rows)}
+        wanted = [c for c in columns if c != "id"]
+        if wanted:
+            if self.text is None:
+                raise ValueError(f"this index was built without text (with_text false); it cannot return {wanted}")
+            # row by row within its batch: a take over the whole column would first concatenate its batches
+            # (a copy of the shard's text)
+            local = np.asarray(faiss_ids, dtype=np.int64) - self.first_id
+            batch = np.searchsorted(self._batch_starts, local, side="right") - 1
+            found.update({c: pa.array([self.text[c].chunk(b)[int(r - self._batch_starts[b])].as_py()
+                                       for r, b in zip(local, batch)], pa.string()) for c in wanted})
+        return pa.table({c: found[c] for c in columns}).to_pylist()
 
 
 class ShardedSearcher:

@@ -23,7 +23,8 @@ def clustered_vectors(n: int, dim: int, *, clusters: int = 100, spread: float = 
     return points.astype(np.float32)
 
 
-def write_run(storage: Storage, run_uri: str, vectors: np.ndarray, *, part_size: int) -> list[str]:
+def write_run(storage: Storage, run_uri: str, vectors: np.ndarray, *, part_size: int,
+              text_of=lambda pid: f"text of {pid}") -> list[str]:
     """Write vectors as a finished run (passages/, embeddings/, manifest.json). Returns the passage ids."""
     layout = RunLayout(run_uri)
     ids = [f"v{i:08d}" for i in range(len(vectors))]
@@ -33,7 +34,7 @@ def write_run(storage: Storage, run_uri: str, vectors: np.ndarray, *, part_size:
         chunk = slice(start, start + part_size)
         part_ids = ids[chunk]
         storage.write_table(layout.part("passages", part), pa.table(
-            {"id": part_ids, "title": [""] * len(part_ids), "text": [f"text of {i}" for i in part_ids],
+            {"id": part_ids, "title": [""] * len(part_ids), "text": [text_of(i) for i in part_ids],
              "lang": ["en"] * len(part_ids)}, schema=schemas.PASSAGES))
         storage.write_table(layout.part("embeddings", part), pa.table({
             "id": part_ids,
