@@ -4,9 +4,10 @@
    TSV / JSON lines file (the lines that start in it); the row groups that start in a byte range of a
    large Parquet file. Gzip files cannot be entered in the middle: they are one unit each.
 2. `validate_unit` (a task per unit): reads and checks every row, stages the unit's rows (passages and
-   rejects, in order) under `_staging/`, and returns the unit's ids split by hash into partitions.
-3. `find_duplicates` (a task per partition): the first occurrence of an id in corpus order wins, every
-   other one is a reject naming where the first was. Memory: the ids of one partition.
+   rejects, in order) under `_staging/`, and its ids in one file with a row group per hash partition.
+3. `find_duplicates` (a task per partition): reads its row group of every unit's ids file; the first
+   occurrence of an id in corpus order wins, every other one is a reject naming where the first was.
+   Memory: the ids of one partition. The duplicates go to a file with a row group per unit.
 4. `cut_unit` (a task per unit): knowing how many valid passages come before the unit, it writes the
    parts that lie wholly inside it, and its share of the parts it shares with a neighbour as fragments,
    which `assemble_part` joins. Parts are cut exactly as a single reader cuts them: valid passages in
@@ -15,8 +16,9 @@
    and refuses a corpus whose files changed since.
 
 `validate_corpus` runs the steps through an executor: `LocalExecutor` here in one process, or Ray tasks
-(ray_jobs/validate_corpus.py) with the same functions. Values pass between steps as handles (Ray
-object references), so the driver holds only counts.
+(ray_jobs/tasks.py) with the same functions. Data passes between steps through the staging files, never
+through the driver or Ray's object store (Ray keeps small task results in the driver's memory): the
+driver holds counts, a few per unit and partition.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class UnitResult:
     rows_read: int
     valid: int
     reject_reasons: dict[str, int]
+    partition_rows: list[int]  # its valid ids in each hash partition
 
 
 @dataclass
@@ -137,6 +140,14 @@ def staged_uri(run_uri: str, unit: int) -> str:
     return join(_staging(run_uri), f"unit-{unit:06d}.parquet")
 
 
+def ids_uri(run_uri: str, unit: int) -> str:
+    return join(_staging(run_uri), "ids", f"unit-{unit:06d}.parquet")
+
+
+def duplicates_uri(run_uri: str, partition: int) -> str:
+    return join(_staging(run_uri), "duplicates", f"partition-{partition:05d}.parquet")
+
+
 def fragment_uri(run_uri: str, part: int, unit: int, stage: str) -> str:
     return join(_staging(run_uri), "fragments", f"part-{part:05d}", f"{stage}-{unit:06d}.parquet")
 
@@ -151,8 +162,8 @@ def _staged_rows(storage: Storage, config: CorpusConfig, unit: InputUnit, count:
 
 
 def validate_unit(storage: Storage, config: CorpusConfig, run_uri: str, unit: InputUnit,
-                  partitions: int) -> list[Any]:
-    """Read and check a unit's rows; stage them. Returns [UnitResult, ids of partition 0, 1, ...]."""
+                  partitions: int) -> UnitResult:
+    """Read and check a unit's rows; stage them, and its ids by hash partition (a row group each)."""
     count = ReadCount()
     reasons: Counter = Counter()
     ids: list[str] = []
@@ -175,22 +186,45 @@ def validate_unit(storage: Storage, config: CorpusConfig, run_uri: str, unit: In
                 staged.write_table(pa.Table.from_pylist(batch, schema=STAGED))
                 batch.clear()
         staged.write_table(pa.Table.from_pylist(batch, schema=STAGED))
-    result = UnitResult(unit.index, count.lines, rows_read, len(ids), dict(reasons))
     order = (np.int64(unit.index) << _ROW_BITS) + np.asarray(rows_of_ids, dtype=np.int64)
     table = pa.table({"id": pa.array(ids, pa.string()), "order": order,
                       "line": pa.array(lines_of_ids, pa.int64())}, schema=IDS)
     partition = _partition_of(ids, partitions)
-    return [result] + [table.filter(pa.array(partition == p)) for p in range(partitions)]
+    by_partition = np.argsort(partition, kind="stable")
+    sizes = np.bincount(partition, minlength=partitions)
+    _write_row_groups(storage, ids_uri(run_uri, unit.index), table.take(pa.array(by_partition)), sizes, IDS)
+    return UnitResult(unit.index, count.lines, rows_read, len(ids), dict(reasons), sizes.tolist())
+
+
+def _write_row_groups(storage: Storage, uri: str, table: pa.Table, sizes, schema: pa.Schema) -> None:
+    """`table` (sorted by group) with one row group per non-empty group, in order: a reader of group g
+    reads row group (number of non-empty groups before g)."""
+    with storage.writer(uri) as out, pq.ParquetWriter(out, schema, compression="zstd") as writer:
+        start = 0
+        for size in sizes:
+            if size:
+                writer.write_table(table.slice(start, int(size)), row_group_size=int(size))
+                start += int(size)
+
+
+def _read_group(storage: Storage, uri: str, sizes: list[int], group: int) -> pa.Table:
+    fs, path = storage.filesystem(uri)
+    row_group = sum(1 for s in sizes[:group] if s)
+    return pq.ParquetFile(fs.open_input_file(path)).read_row_group(row_group)
 
 
 # --- 3. duplicates --------------------------------------------------------------------------------
-def find_duplicates(sources: list[str], line_offsets: list[int], *id_tables: pa.Table) -> list[Any]:
-    """One partition's ids from every unit -> [duplicates per unit (numpy), then a DUPLICATES table per
-    unit]: every occurrence of an id after its first in corpus order, with the reason naming the first."""
+def find_duplicates(storage: Storage, run_uri: str, partition: int, sources: list[str], line_offsets: list[int],
+                    partition_rows: list[list[int]]) -> list[int]:
+    """One partition's ids from every unit -> duplicates per unit, written with a row group per unit:
+    every occurrence of an id after its first in corpus order, with the reason naming the first."""
     units = len(sources)
-    table = pa.concat_tables(id_tables).sort_by([("id", "ascending"), ("order", "ascending")])
+    tables = [_read_group(storage, ids_uri(run_uri, u), partition_rows[u], partition)
+              for u in range(units) if partition_rows[u][partition]]
+    table = (pa.concat_tables(tables) if tables else IDS.empty_table()).sort_by(
+        [("id", "ascending"), ("order", "ascending")])
     n = table.num_rows
-    per_unit: list[list] = [[] for _ in range(units)]
+    found: list[tuple[int, int, str]] = []  # (unit, row, reason)
     if n > 1:
         ids = table["id"].combine_chunks()
         repeat = np.concatenate([[False], pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)])
@@ -199,13 +233,14 @@ def find_duplicates(sources: list[str], line_offsets: list[int], *id_tables: pa.
         for i in np.flatnonzero(repeat):
             first_unit = int(order[first[i]] >> _ROW_BITS)
             where = f"{sources[first_unit]}:{line_offsets[first_unit] + int(line[first[i]])}"
-            per_unit[int(order[i] >> _ROW_BITS)].append((int(order[i] & ((1 << _ROW_BITS) - 1)),
-                                                          duplicate_reason(where)))
-    counts = np.array([len(d) for d in per_unit], dtype=np.int64)
-    tables = [pa.table({"row": pa.array([r for r, _ in sorted(d)], pa.int64()),
-                        "reason": pa.array([m for _, m in sorted(d)], pa.string())}, schema=DUPLICATES)
-              for d in per_unit]
-    return [counts] + tables
+            found.append((int(order[i] >> _ROW_BITS), int(order[i] & ((1 << _ROW_BITS) - 1)), duplicate_reason(where)))
+    found.sort()
+    counts = np.bincount([u for u, _, _ in found], minlength=units).astype(int)
+    if found:
+        dups = pa.table({"row": pa.array([r for _, r, _ in found], pa.int64()),
+                         "reason": pa.array([m for _, _, m in found], pa.string())}, schema=DUPLICATES)
+        _write_row_groups(storage, duplicates_uri(run_uri, partition), dups, counts, DUPLICATES)
+    return counts.tolist()
 
 
 # --- 4. cut parts ---------------------------------------------------------------------------------
@@ -239,10 +274,14 @@ def _write_part(storage: Storage, run_uri: str, part: int, passages: pa.Table, r
     return PartInfo(part, passages.num_rows, rejects.num_rows, files)
 
 
-def cut_unit(storage: Storage, config: CorpusConfig, run_uri: str, cut: UnitCut, *dup_tables: pa.Table) -> list:
+def cut_unit(storage: Storage, config: CorpusConfig, run_uri: str, cut: UnitCut,
+             duplicates_in: dict[int, list[int]]) -> list[PartInfo]:
     """Write the parts wholly inside the unit; stage its share of shared parts as fragments (written for
-    every shared part in its range, empty or not, so that assembling needs no listing)."""
-    duplicates = pa.concat_tables(dup_tables)
+    every shared part in its range, empty or not, so that assembling needs no listing). `duplicates_in`:
+    the partitions that found duplicates in this unit, each with its counts per unit."""
+    duplicates = pa.concat_tables([DUPLICATES.empty_table()] + [
+        _read_group(storage, duplicates_uri(run_uri, p), counts, cut.unit.index)
+        for p, counts in duplicates_in.items()])
     dup_reason = dict(zip(duplicates["row"].to_pylist(), duplicates["reason"].to_pylist()))
     ppp = config.passages_per_part
     pieces: dict[int, list[tuple[pa.Table, pa.Table]]] = {}
@@ -285,16 +324,16 @@ def cut_unit(storage: Storage, config: CorpusConfig, run_uri: str, cut: UnitCut,
             pieces[part] = [_part_tables(pa.Table.from_pylist([], schema=STAGED), cut.unit.uri, 0)]
     for part in sorted(pieces):
         close(part)
-    return [written]
+    return written
 
 
-def assemble_part(storage: Storage, run_uri: str, part: int, units: list[int]) -> list:
-    """Join a shared part's fragments (units in corpus order) into the part's files; [None] if empty."""
+def assemble_part(storage: Storage, run_uri: str, part: int, units: list[int]) -> PartInfo | None:
+    """Join a shared part's fragments (units in corpus order) into the part's files; None if empty."""
     passages = pa.concat_tables([storage.read_table(fragment_uri(run_uri, part, u, "passages")) for u in units])
     rejects = pa.concat_tables([storage.read_table(fragment_uri(run_uri, part, u, "rejects")) for u in units])
     if not passages.num_rows and not rejects.num_rows:
-        return [None]
-    return [_write_part(storage, run_uri, part, passages, rejects)]
+        return None
+    return _write_part(storage, run_uri, part, passages, rejects)
 
 
 def line_offsets(units: list[InputUnit], results: list[UnitResult]) -> list[int]:
@@ -326,9 +365,8 @@ def plan_cuts(units: list[InputUnit], results: list[UnitResult], duplicates: np.
 class LocalExecutor:
     """Runs each step in this process, one after another (tests, small corpora, benchmarks)."""
 
-    def submit(self, fn: Callable, *args: Any, num_returns: int = 1) -> list[Any]:
-        out = fn(*args)
-        return list(out)[:num_returns]
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return fn(*args)
 
     def as_completed(self, handles: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         yield from enumerate(handles)
@@ -397,30 +435,29 @@ def validate_corpus(storage: Storage, config: CorpusConfig, run_uri: str, execut
     units, infos = plan_units(storage, config)
     partitions = partitions_for(infos, config.split_bytes)
     say(f"validating {len(infos)} files in {len(units)} units, duplicates in {partitions} partitions")
-    mapped = [executor.submit(validate_unit, storage, config, run_uri, u, partitions, num_returns=1 + partitions)
-              for u in units]
-    results: list[UnitResult | None] = [None] * len(units)
+    mapped = [executor.submit(validate_unit, storage, config, run_uri, u, partitions) for u in units]
+    results: list[UnitResult] = [None] * len(units)  # type: ignore[list-item]
     rows = 0
-    for done, (i, result) in enumerate(executor.as_completed([m[0] for m in mapped]), start=1):
+    for done, (i, result) in enumerate(executor.as_completed(mapped), start=1):
         results[i] = result
         rows += result.rows_read
         if done == len(units) or done % max(1, len(units) // 20) == 0:
             say(f"validated {done}/{len(units)} units, {rows:,} rows")
 
-    sources = [u.uri for u in units]
-    first_lines = line_offsets(units, results)
-    reduced = [executor.submit(find_duplicates, sources, first_lines, *[m[1 + p] for m in mapped],
-                               num_returns=1 + len(units)) for p in range(partitions)]
-    del mapped  # the id partitions are now only the reducers' to hold
-    duplicates = np.sum(executor.get([r[0] for r in reduced]), axis=0)
+    sources, first_lines = [u.uri for u in units], line_offsets(units, results)
+    partition_rows = [r.partition_rows for r in results]
+    found = executor.get([executor.submit(find_duplicates, storage, run_uri, p, sources, first_lines, partition_rows)
+                          for p in range(partitions)])
+    duplicates = np.sum(found, axis=0)
     cuts = plan_cuts(units, results, duplicates, config.passages_per_part)
-    cut_parts = [executor.submit(cut_unit, storage, config, run_uri, cut, *[r[1 + cut.unit.index] for r in reduced])
+    cut_parts = [executor.submit(cut_unit, storage, config, run_uri, cut,
+                                 {p: counts for p, counts in enumerate(found) if counts[cut.unit.index]})
                  for cut in cuts]
-    parts: list[PartInfo] = [p for written in executor.get([c[0] for c in cut_parts]) for p in written]
+    parts: list[PartInfo] = [p for written in executor.get(cut_parts) for p in written]
     shared = sorted({p for cut in cuts for p in cut.shared_parts})
     assembled = [executor.submit(assemble_part, storage, run_uri, part,
                                  [c.unit.index for c in cuts if part in c.shared_parts]) for part in shared]
-    parts += [p for p in executor.get([a[0] for a in assembled]) if p is not None]
+    parts += [p for p in executor.get(assembled) if p is not None]
     parts.sort(key=lambda p: p.part)
 
     reasons = Counter()
