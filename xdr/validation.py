@@ -163,37 +163,43 @@ def _staged_rows(storage: Storage, config: CorpusConfig, unit: InputUnit, count:
 
 def validate_unit(storage: Storage, config: CorpusConfig, run_uri: str, unit: InputUnit,
                   partitions: int) -> UnitResult:
-    """Read and check a unit's rows; stage them, and its ids by hash partition (a row group each)."""
+    """Read and check a unit's rows; stage them, and its ids by hash partition (a row group each).
+    Memory: a batch of rows, and the unit's ids in Arrow arrays (about 30 bytes an id)."""
     count = ReadCount()
     reasons: Counter = Counter()
-    ids: list[str] = []
-    rows_of_ids: list[int] = []
-    lines_of_ids: list[int] = []
+    id_tables: list[pa.Table] = []
+    id_partitions: list[np.ndarray] = []
     rows_read = 0
     with storage.writer(staged_uri(run_uri, unit.index)) as out, pq.ParquetWriter(out, STAGED,
                                                                                    compression="zstd") as staged:
         batch: list[dict] = []
+
+        def flush() -> None:
+            nonlocal rows_read
+            table = pa.Table.from_pylist(batch, schema=STAGED)
+            staged.write_table(table)
+            valid = pc.is_null(table["reason"])
+            rows = np.arange(rows_read, rows_read + table.num_rows, dtype=np.int64)
+            order = (np.int64(unit.index) << _ROW_BITS) + rows[valid.to_numpy(zero_copy_only=False)]
+            kept = table.filter(valid)
+            id_tables.append(pa.table({"id": kept["id"], "order": order, "line": kept["line"]}, schema=IDS))
+            id_partitions.append(_partition_of(kept["id"].to_pylist(), partitions))
+            rows_read += table.num_rows
+            batch.clear()
+
         for row in _staged_rows(storage, config, unit, count):
-            if row["reason"] is None:
-                ids.append(row["id"])
-                rows_of_ids.append(rows_read)
-                lines_of_ids.append(row["line"])
-            else:
+            if row["reason"] is not None:
                 reasons[reason_kind(row["reason"])] += 1
             batch.append(row)
-            rows_read += 1
             if len(batch) == _STAGE_BATCH_ROWS:
-                staged.write_table(pa.Table.from_pylist(batch, schema=STAGED))
-                batch.clear()
-        staged.write_table(pa.Table.from_pylist(batch, schema=STAGED))
-    order = (np.int64(unit.index) << _ROW_BITS) + np.asarray(rows_of_ids, dtype=np.int64)
-    table = pa.table({"id": pa.array(ids, pa.string()), "order": order,
-                      "line": pa.array(lines_of_ids, pa.int64())}, schema=IDS)
-    partition = _partition_of(ids, partitions)
-    by_partition = np.argsort(partition, kind="stable")
+                flush()
+        flush()
+    table = pa.concat_tables(id_tables).combine_chunks()
+    partition = np.concatenate(id_partitions)
     sizes = np.bincount(partition, minlength=partitions)
-    _write_row_groups(storage, ids_uri(run_uri, unit.index), table.take(pa.array(by_partition)), sizes, IDS)
-    return UnitResult(unit.index, count.lines, rows_read, len(ids), dict(reasons), sizes.tolist())
+    _write_row_groups(storage, ids_uri(run_uri, unit.index),
+                      table.take(pa.array(np.argsort(partition, kind="stable"))), sizes, IDS)
+    return UnitResult(unit.index, count.lines, rows_read, table.num_rows, dict(reasons), sizes.tolist())
 
 
 def _write_row_groups(storage: Storage, uri: str, table: pa.Table, sizes, schema: pa.Schema) -> None:
