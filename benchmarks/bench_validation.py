@@ -69,7 +69,7 @@ def _validate_on_ray(config: CorpusConfig, run: str, cpus: int) -> dict:
     from ray_jobs.tasks import RayTasks
     from xdr.validation import validate_corpus
 
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         time.sleep(2)  # let the idle workers start before the clock does
         with WorkerMemory() as memory:

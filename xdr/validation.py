@@ -53,6 +53,8 @@ IDS = pa.schema([("id", pa.string()), ("order", pa.int64()), ("line", pa.int64()
 DUPLICATES = pa.schema([("row", pa.int64()), ("reason", pa.string())])
 _ROW_BITS = 32  # order = unit << 32 | row: corpus order as one integer
 _STAGE_BATCH_ROWS = 8192
+# staged files are read once and deleted: compression, dictionaries and statistics cost more than they save
+_STAGING = {"compression": "none", "use_dictionary": False, "write_statistics": False}
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def validate_unit(storage: Storage, config: CorpusConfig, run_uri: str, unit: In
     id_partitions: list[np.ndarray] = []
     rows_read = 0
     with storage.writer(staged_uri(run_uri, unit.index)) as out, pq.ParquetWriter(out, STAGED,
-                                                                                   compression="zstd") as staged:
+                                                                                   **_STAGING) as staged:
         batch: list[dict] = []
 
         def flush() -> None:
@@ -205,7 +207,7 @@ def validate_unit(storage: Storage, config: CorpusConfig, run_uri: str, unit: In
 def _write_row_groups(storage: Storage, uri: str, table: pa.Table, sizes, schema: pa.Schema) -> None:
     """`table` (sorted by group) with one row group per non-empty group, in order: a reader of group g
     reads row group (number of non-empty groups before g)."""
-    with storage.writer(uri) as out, pq.ParquetWriter(out, schema, compression="zstd") as writer:
+    with storage.writer(uri) as out, pq.ParquetWriter(out, schema, **_STAGING) as writer:
         start = 0
         for size in sizes:
             if size:
