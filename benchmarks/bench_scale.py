@@ -64,6 +64,9 @@ class Sampler:
         title = (proc.cmdline() or [""])[0]
         if title.startswith("ray::"):
             name = title[5:].split(" ")[0]
+            if "ServeReplica:" in name:  # SERVE_REPLICA::app#Dep#id:ServeReplica:app:Dep.method -> ServeReplica:app:Dep
+                return "ServeReplica:" + name.split("ServeReplica:")[1].split(".")[0]
+            name = name.rsplit(".", 1)[0] if "." in name and not name.endswith(")") else name  # drop .method
             return None if name == "IDLE" else name
         if any(s in title for s in ("raylet", "gcs_server", "dashboard", "ray/_private", "log_monitor")):
             return "ray system"

@@ -38,3 +38,18 @@ def test_validation_benchmark_runs_in_tiny_mode_and_finds_what_was_planted(tmp_p
         assert r["passages"] == 2000 and r["rejects"]["duplicate id"] == size["planted"]["duplicates"] == 300
         assert r["peak_rss_mib"]["validate_unit"] > 0 and r["rows_per_s"] > 0
     assert "| 2,000 |" in done.stdout
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs_the_whole_path_in_tiny_mode(tmp_path):
+    """30,000 passages through `xdr index` (killed half-way and rerun), `xdr build-index` and `xdr serve`."""
+    out = tmp_path / "scale.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--tiny", "--workdir",
+                           str(tmp_path / "work"), "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (size,) = json.loads(out.read_text())["sizes"]
+    assert size["checks"] and all(size["checks"].values()), size["checks"]
+    assert size["resume"]["killed"] and 0 < size["resume"]["parts_done"] < 3
+    assert size["index_job"]["counts"]["validation_resumed"] is True
+    assert size["serve"]["clients_8"]["questions"] == 200 and size["serve"]["top_hit_starts_with_question"] > 0.5
+    assert size["build"]["vectors"] == 30_000 and "| 30,000 |" in done.stdout
