@@ -165,11 +165,21 @@ def _serve(argv: list[str]) -> None:
     from ray import serve
 
     from ray_jobs import serve_app
-    from ray_jobs.common import connect_ray, parse_job_args, quiet_ray_logs, ray_log_file, ray_log_note, setup_logging
+    from ray_jobs.common import (
+        connect_ray,
+        parse_job_args,
+        quiet_ray_logs,
+        ray_log_file,
+        ray_log_note,
+        run_preflight,
+        setup_logging,
+    )
     from xdr.config import ServeConfig
 
     setup_logging()
     args, config = parse_job_args("Serve a built index over HTTP.", argv, ServeConfig)
+    if run_preflight(config, args):
+        return
     log_file = None if args.verbose else ray_log_file("serve")
     connect_ray(args.address, log_file=log_file)
     url = serve_app.start(config)

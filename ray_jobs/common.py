@@ -27,6 +27,8 @@ def parse_job_args(description: str, argv: list[str] | None = None,
     parser.add_argument("--verbose", action="store_true", default=os.environ.get("XDR_VERBOSE") == "1",
                         help="show Ray's own log lines on the terminal (default: they go to a file named in the "
                         "summary; also XDR_VERBOSE=1)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the models, inputs, outputs and storage the job needs, then exit")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address; 'local' starts a fresh local Ray (default: RAY_ADDRESS, "
                         "else the cluster `ray start` runs on this machine, else a local Ray)")
@@ -137,10 +139,30 @@ def gpus_per_actor(configured: float | None) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+def run_preflight(config, args: argparse.Namespace) -> bool:
+    """The job's checks (xdr.preflight) before any Ray work: one line and exit 2 on a problem. True when
+    only the checks were asked for (--check)."""
+    from xdr.preflight import PreflightError, preflight
+
+    started = time.perf_counter()
+    try:
+        preflight(config)
+    except PreflightError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if args.check:
+        print(f"preflight passed in {time.perf_counter() - started:.1f}s: models, inputs, outputs and storage "
+              "are reachable", flush=True)
+    return args.check
+
+
 def run_job(description: str, argv: list[str] | None, model_cls, job, summary) -> dict:
-    """The body of every job's main(): arguments and config, logging, Ray, the job, its summary."""
+    """The body of every job's main(): arguments and config, logging, the preflight checks, Ray, the job,
+    its summary."""
     setup_logging()
     args, config = parse_job_args(description, argv, model_cls)
+    if run_preflight(config, args):
+        return {}
     log_file = None if args.verbose else ray_log_file(model_cls.__name__.removesuffix("Config").lower())
     connect_ray(args.address, log_file=log_file)
     manifest = job(config)

