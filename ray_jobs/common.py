@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import signal
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import ray
@@ -156,19 +160,74 @@ def run_preflight(config, args: argparse.Namespace) -> bool:
     return args.check
 
 
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+
+
+def root_cause(err: BaseException) -> str:
+    """What a worker raised, as `Type: message`, out of Ray's wrappers. RayTaskError and Ray Data's
+    errors chain the original (`.cause`, `__cause__`); an actor that died in `__init__` keeps only the
+    text of the remote traceback, whose last `Type: message` line is the original."""
+    seen: set[int] = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "cause", None)
+        inner = inner if isinstance(inner, BaseException) else err.__cause__
+        if inner is None or not str(inner).strip():  # an empty wrapper (Ray Data's SystemException) says nothing
+            break
+        err = inner
+    text = str(err).strip()
+    raised = [m for line in text.splitlines() if (m := _RAISED.match(line.strip()))]
+    if raised and len(text.splitlines()) > 1:  # a remote traceback: its last exception line
+        return f"{raised[-1].group(1).rsplit('.', 1)[-1]}: {raised[-1].group(2)}"
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the job like Ctrl-C: the `finally` blocks run and the Ray this driver started stops."""
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run_job(description: str, argv: list[str] | None, model_cls, job, summary) -> dict:
     """The body of every job's main(): arguments and config, logging, the preflight checks, Ray, the job,
-    its summary."""
+    its summary. A failure ends as one line on stderr (the root cause, not Ray's wrapper; the traceback
+    goes to the log file) and exit status 1; SIGINT / SIGTERM stop the job and its local Ray."""
     setup_logging()
     args, config = parse_job_args(description, argv, model_cls)
     if run_preflight(config, args):
         return {}
     log_file = None if args.verbose else ray_log_file(model_cls.__name__.removesuffix("Config").lower())
-    connect_ray(args.address, log_file=log_file)
-    manifest = job(config)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.getsignal(signal.SIGTERM) if on_main_thread else None
+    ours = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is left running
+    try:
+        connect_ray(args.address, log_file=log_file)
+        if on_main_thread:
+            _stop_on_sigterm()  # after ray.init, which installs a handler that only logs and dies
+        manifest = job(config)
+        note = ray_log_note(log_file)
+    except KeyboardInterrupt as stop:
+        print(f"stopped ({stop or 'SIGINT'}); rerun the same command to resume", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except Exception as err:  # noqa: BLE001 -- every failure is reported the same way
+        where = log_file or "the output above"
+        if log_file:
+            with open(log_file, "a", encoding="utf-8") as out:
+                traceback.print_exception(err, file=out)
+        else:
+            traceback.print_exception(err)
+        print(f"error: {root_cause(err)}\n(full traceback in {where})", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    finally:
+        if ours and ray.is_initialized():
+            ray.shutdown()  # a local Ray this driver started stops with it; a cluster is only left
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     print(summary(manifest), flush=True)
-    if log_file:
-        print(ray_log_note(log_file), flush=True)
+    if note:
+        print(note, flush=True)
     return manifest
 
 
