@@ -97,12 +97,17 @@ def ray_log_note(log_file: Path | None) -> str:
     """The summary line that says where Ray's logs went (empty when they were shown)."""
     if log_file is None:
         return ""
-    session = ""
-    if ray.is_initialized():
-        from ray._private.worker import global_worker
+    session = workers_logs()
+    return f"Ray's logs: {log_file}{'; ' + session if session else ''} (--verbose shows them here)"
 
-        session = f"; workers' logs: {global_worker.node.get_logs_dir_path()}"
-    return f"Ray's logs: {log_file}{session} (--verbose shows them here)"
+
+def workers_logs() -> str:
+    """Where the Ray workers of this session write their logs."""
+    if not ray.is_initialized():
+        return ""
+    from ray._private.worker import global_worker
+
+    return f"workers' logs: {global_worker.node.get_logs_dir_path()}"
 
 
 def _started_cluster_address() -> str:

@@ -20,17 +20,18 @@ from typing import Any
 
 import ray
 
-from ray_jobs.common import gpus_per_actor, on_terminal, run_job
+from ray_jobs.common import gpus_per_actor, on_terminal, run_job, workers_logs
 from ray_jobs.tasks import RayTasks
 from xdr.config import IndexingJobConfig
 from xdr.layout import RunLayout
 from xdr.manifest import begin_run, finish_run, read_manifest
-from xdr.progress import Progress
+from xdr.progress import Progress, StallWatch
 from xdr.stages import EmbedPartStage, GenerateQueriesStage
 from xdr.storage import Storage
 from xdr.validation import PrepareSummary, validate_corpus
 
 log = logging.getLogger("xdr.index")
+STALL_S = 600.0  # no part finished for this long: say so (a first part can take minutes on a cold GPU node)
 
 
 def _check_queries_source(storage: Storage, config: IndexingJobConfig, parts: int) -> None:
@@ -83,9 +84,11 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
                         bar=on_terminal())
     summaries = []
     pipeline_start = time.perf_counter()
-    for row in build_pipeline(config, sorted(passages_in)).iter_rows():
-        summaries.append(row)
-        progress.update(int(row["embeddings_rows"]), skipped=bool(row["embeddings_skipped"]))
+    with StallWatch("embed", STALL_S, log.warning, hint=workers_logs()) as watch:
+        for row in build_pipeline(config, sorted(passages_in)).iter_rows():
+            watch.touch()
+            summaries.append(row)
+            progress.update(int(row["embeddings_rows"]), skipped=bool(row["embeddings_skipped"]))
     pipeline_s = time.perf_counter() - pipeline_start
     summaries.sort(key=lambda r: r["part"])
 

@@ -106,3 +106,16 @@ def test_root_cause_unwraps_chained_errors_and_remote_tracebacks():
     except RuntimeError as err:
         assert root_cause(err) == "OSError: config.json is not a valid JSON file."
     assert root_cause(ValueError("plain")) == "ValueError: plain"
+
+
+def test_a_stalled_job_says_so_and_names_the_logs():
+    from xdr.progress import StallWatch
+
+    said = []
+    with StallWatch("embed", 0.3, said.append, hint="workers' logs: /tmp/x") as watch:
+        time.sleep(0.2)
+        watch.touch()  # progress in time: no warning
+        time.sleep(0.2)
+        assert said == []
+        time.sleep(0.5)  # now silent for longer than 0.3 s
+    assert len(said) >= 1 and said[0].startswith("[embed] no progress for") and said[0].endswith("/tmp/x")

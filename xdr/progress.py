@@ -55,3 +55,38 @@ class Progress:
         resumed = f" ({self.skipped_rows:,} resumed)" if self.skipped_rows else ""
         return (f"[{self.label}] parts {self.parts}/{self.total_parts} · rows {self.rows:,}/{self.total_rows:,}"
                 f"{resumed} · {self.rate:,.1f} rows/s · ETA {eta}")
+
+
+class StallWatch:
+    """Says so when no progress arrives for `stall_s` seconds (a worker stuck on a network retry, a GPU node
+    that never comes), naming where to look; again after each further `stall_s` of silence. A context
+    manager: a daemon thread watches while the block runs; call `touch()` on every sign of progress."""
+
+    def __init__(self, label: str, stall_s: float, emit: Callable[[str], None], hint: str = "",
+                 clock: Callable[[], float] = time.monotonic):
+        import threading
+
+        self.label, self.stall_s, self.emit, self.hint, self.clock = label, stall_s, emit, hint, clock
+        self._last = self._warned = self.clock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def touch(self) -> None:
+        self._last = self.clock()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(5.0, self.stall_s / 4)):
+            now = self.clock()
+            if now - self._last >= self.stall_s and now - self._warned >= self.stall_s:
+                self._warned = now
+                hint = f"; {self.hint}" if self.hint else ""
+                self.emit(f"[{self.label}] no progress for {format_duration(now - self._last)}: the workers may be "
+                          f"stuck (a model download retrying, a node that never started){hint}")
+
+    def __enter__(self) -> StallWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
