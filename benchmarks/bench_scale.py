@@ -53,6 +53,7 @@ class Sampler:
     def __init__(self, driver_pid: int, every_s: float = 0.5):
         self.driver_pid, self.every_s = driver_pid, every_s
         self.peak_rss: dict[str, int] = defaultdict(int)
+        self.last_rss: dict[int, tuple[str, int]] = {}  # pid -> (kind, RSS at the last sample)
         self.cpu_s: dict[str, float] = defaultdict(float)
         self._last_cpu: dict[int, float] = {}
         self._stop = threading.Event()
@@ -95,6 +96,7 @@ class Sampler:
                 self.cpu_s[kind] += cpu - self._last_cpu.get(proc.pid, 0.0)
                 self._last_cpu[proc.pid] = cpu
                 self.peak_rss[kind] = max(self.peak_rss[kind], rss)
+                self.last_rss[proc.pid] = (kind, rss)
             self._stop.wait(self.every_s)
 
     def __enter__(self):
@@ -106,7 +108,11 @@ class Sampler:
         self._thread.join()
 
     def report(self) -> dict:
+        last: dict[str, int] = defaultdict(int)
+        for kind, rss in self.last_rss.values():
+            last[kind] = max(last[kind], rss)
         return {"peak_rss_mib": {k: round(v / 2**20) for k, v in sorted(self.peak_rss.items())},
+                "last_rss_mib": {k: round(v / 2**20) for k, v in sorted(last.items())},
                 "cpu_s": {k: round(v, 1) for k, v in sorted(self.cpu_s.items())}}
 
 
@@ -328,9 +334,14 @@ def run_size(row: dict, workdir: Path, files: int, resume: bool, factory: str, s
     save()
 
     row["serve"] = _serve_and_query(index, run, workdir, log, n_questions=200)
-    replica = max((v for k, v in row["serve"]["peak_rss_mib"].items() if "IndexShard" in k), default=0)
-    row["serve"]["replica_rss_over_index_and_ids"] = round(replica * 2**20 / (max(shard_bytes) + max(ids_bytes)), 2)
+    _replica_ratio(row)
     save()
+
+
+def _replica_ratio(row: dict) -> None:
+    shard = max(a + b for a, b in zip(row["build"]["shard_index_bytes"], row["build"]["shard_ids_bytes"]))
+    replica = max((v for k, v in row["serve"]["peak_rss_mib"].items() if "IndexShard" in k), default=0)
+    row["serve"]["replica_rss_over_index_and_ids"] = round(replica * 2**20 / shard, 2)
 
 
 def table(results: dict) -> str:
@@ -370,6 +381,8 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only-serve", action="store_true",
+                        help="measure the endpoint again over the indexes in --workdir, updating --json")
     parser.add_argument("--tiny", action="store_true", help="3,000 passages, 4 files, IVF16: the script runs")
     args = parser.parse_args()
     if args.tiny:
@@ -385,6 +398,16 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
 
+    if args.only_serve:  # measure the endpoint again over indexes an earlier invocation built
+        results = json.loads(args.json.read_text())
+        for row in results["sizes"]:
+            if row["passages"] in args.sizes:
+                index, run = workdir / f"run-{row['passages']}" / "index", workdir / f"run-{row['passages']}"
+                row["serve"] = _serve_and_query(index, run, workdir, workdir / f"log-{row['passages']}.txt", 200)
+                _replica_ratio(row)
+                save()
+        print(table(results))
+        return
     for n in args.sizes:
         row = {"passages": n}
         results["sizes"].append(row)

@@ -85,15 +85,16 @@ class ShardSearcher:
             return _local_copy(self.storage, uri, checksums[uri.rsplit("/", 1)[-1]], cache_dir)
 
         self.index = faiss.read_index(local(layout.shard(shard)))
-        self.ids = pq.read_table(local(layout.shard_docs(shard)), columns=["id"])["id"].combine_chunks()
+        # kept in its row groups (a part each): combining them would copy the ids once more while loading
+        self.ids = pq.read_table(local(layout.shard_docs(shard)), columns=["id"])["id"]
         self.first_id = int(entry["first_id"]) if "first_id" in entry else int(  # indexes built before first_id
             pq.read_table(local(layout.shard_docs(shard)), columns=["faiss_id"])["faiss_id"][0].as_py())
         text_name = layout.shard_text(shard).rsplit("/", 1)[-1]
         # zero-copy over the mapped file: pages are read when a hit's text is, and the kernel can drop them
         self.text = (pa.ipc.open_file(pa.memory_map(local(layout.shard_text(shard)))).read_all()
                      if text_name in checksums else None)
-        self._batch_starts = (np.cumsum([0] + [len(c) for c in self.text.column(0).chunks])
-                              if self.text is not None else None)
+        self._id_starts = _chunk_starts(self.ids)
+        self._text_starts = _chunk_starts(self.text.column(0)) if self.text is not None else None
         self.nprobe = nprobe or self.manifest["nprobe"]
 
     @property
@@ -107,19 +108,24 @@ class ShardSearcher:
 
     def lookup(self, faiss_ids: np.ndarray, columns: tuple[str, ...] = ("id",)) -> list[dict]:
         """Passage id (and title, text) of ids of this shard (its ids are contiguous from its first id)."""
-        rows = pa.array(np.asarray(faiss_ids, dtype=np.int64) - self.first_id)
-        found = {"id": self.ids.take(rows)}
+        rows = np.asarray(faiss_ids, dtype=np.int64) - self.first_id
+        found = {"id": _rows_of(self.ids, self._id_starts, rows)}
         wanted = [c for c in columns if c != "id"]
-        if wanted:
-            if self.text is None:
-                raise ValueError(f"this index was built without text (with_text false); it cannot return {wanted}")
-            # row by row within its batch: a take over the whole column would first concatenate its batches
-            # (a copy of the shard's text)
-            local = np.asarray(faiss_ids, dtype=np.int64) - self.first_id
-            batch = np.searchsorted(self._batch_starts, local, side="right") - 1
-            found.update({c: pa.array([self.text[c].chunk(b)[int(r - self._batch_starts[b])].as_py()
-                                       for r, b in zip(local, batch)], pa.string()) for c in wanted})
-        return pa.table({c: found[c] for c in columns}).to_pylist()
+        if wanted and self.text is None:
+            raise ValueError(f"this index was built without text (with_text false); it cannot return {wanted}")
+        found.update({c: _rows_of(self.text[c], self._text_starts, rows) for c in wanted})
+        return [{c: found[c][i] for c in columns} for i in range(len(rows))]
+
+
+def _chunk_starts(column: pa.ChunkedArray) -> np.ndarray:
+    return np.cumsum([0] + [len(c) for c in column.chunks])
+
+
+def _rows_of(column: pa.ChunkedArray, starts: np.ndarray, rows: np.ndarray) -> list:
+    """Values at `rows`, read from their chunks one by one: a take over a whole string column would first
+    concatenate its chunks (a copy of all the shard's ids or text)."""
+    chunk = np.searchsorted(starts, rows, side="right") - 1
+    return [column.chunk(c)[int(r - starts[c])].as_py() for r, c in zip(rows, chunk)]
 
 
 class ShardedSearcher:
