@@ -277,6 +277,7 @@ def run_size(row: dict, workdir: Path, files: int, resume: bool, factory: str, s
 
     if resume:
         report, seconds, killed = _run_job(job, log, kill_when=half_embedded)
+        time.sleep(2)  # a worker's write in flight when the driver died lands (or not) by now
         done_before = sorted(p.name for p in (run / "embeddings").glob("part-*.parquet"))
         validated = re.search(r"corpus: .* \((\d+\.\d)s\)", log.read_text())  # the killed attempt's validation
         row["resume"] = {"killed_after_s": round(seconds, 1), "killed": killed, "parts_done": len(done_before),
@@ -285,9 +286,11 @@ def run_size(row: dict, workdir: Path, files: int, resume: bool, factory: str, s
         rerun_start = time.time()
         watcher_result: dict = {}
 
+        committed = {p.name for p in (run / "embeddings").glob("part-*.parquet")}  # the dying job's last ones too
+
         def watch() -> None:  # the first embeddings part the rerun writes: when new work began
             while "first_new_part_s" not in watcher_result and not watcher_result.get("stop"):
-                new = [p for p in (run / "embeddings").glob("part-*.parquet") if p.stat().st_mtime > rerun_start]
+                new = [p for p in (run / "embeddings").glob("part-*.parquet") if p.name not in committed]
                 if new:
                     watcher_result["first_new_part_s"] = round(time.time() - rerun_start, 1)
                 time.sleep(0.2)

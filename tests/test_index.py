@@ -196,7 +196,7 @@ def test_a_replica_does_not_hold_the_text(tmp_path):
         words = kib * 1024 // 10 + 1  # ids are 9 characters, with the space 10
         write_run(storage, run, vectors, part_size=100, text_of=lambda pid, words=words: (pid + " ") * words)
         _build(storage, run, str(idx), "IVF1,Flat", [100] * 4, shards=1)
-        text_bytes[kib] = (idx / "shard-000.text.arrow").stat().st_size
+        text_bytes[kib] = (idx / "shard-000.lookup.arrow").stat().st_size
         out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(idx)], cwd=REPO, capture_output=True,
                              text=True, check=True, timeout=120)
         load[kib], lookup[kib], returned[kib] = map(int, out.stdout.split()[-3:])

@@ -2,8 +2,8 @@
 merge into S serving shards.
 
 Every passage gets an int64 id: its row number in the run (embedding parts in order). Each serving shard
-is one FAISS file, a Parquet table mapping its int64 ids to passage ids, and (optionally) an
-uncompressed Arrow IPC file of the passages' title and text in the same order, which a searcher
+is one FAISS file, a Parquet table mapping its int64 ids to passage ids, and the same ids (with title and
+text when `with_text`) in an uncompressed Arrow IPC file of uniform batches, which a searcher
 memory-maps and reads only at its hits. Work is split so that no step holds the corpus: training holds
 the sample, adding holds one part, merging holds one serving shard's index plus one partial index and
 one part's docs (streamed to the shard's files).
@@ -98,8 +98,9 @@ class IndexLayout:
     def shard_docs(self, shard: int) -> str:
         return join(self.root, f"shard-{shard:03d}.docs.parquet")
 
-    def shard_text(self, shard: int) -> str:
-        return join(self.root, f"shard-{shard:03d}.text.arrow")
+    def shard_lookup(self, shard: int) -> str:
+        """Passage id (and title, text) by row, for searchers to memory-map (Arrow IPC, uniform batches)."""
+        return join(self.root, f"shard-{shard:03d}.lookup.arrow")
 
     @property
     def manifest(self) -> str:
@@ -155,7 +156,34 @@ def shard_plan(n_parts: int, n_shards: int) -> list[list[int]]:
 
 
 DOCS = pa.schema([("faiss_id", pa.int64()), ("id", pa.string())])
-TEXT = pa.schema([("title", pa.string()), ("text", pa.string())])
+LOOKUP_BATCH_ROWS = 4096  # every batch of a lookup file but the last: row r is in batch r // 4096
+
+
+def lookup_schema(with_text: bool) -> pa.Schema:
+    text = [("title", pa.string()), ("text", pa.string())] if with_text else []
+    return pa.schema([("id", pa.string()), *text])
+
+
+class UniformBatchWriter:
+    """Writes tables to an Arrow IPC file in batches of exactly `rows` rows (the last may be shorter), so
+    that a reader finds row r in batch r // rows without reading any batch's metadata first."""
+
+    def __init__(self, writer, rows: int = LOOKUP_BATCH_ROWS):
+        self.writer, self.rows, self.pending = writer, rows, []
+
+    def write(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        buffered = pa.concat_tables(self.pending)
+        full = buffered.num_rows // self.rows * self.rows
+        for start in range(0, full, self.rows):
+            self.writer.write_batch(buffered.slice(start, self.rows).combine_chunks().to_batches()[0])
+        self.pending = [buffered.slice(full)] if full < buffered.num_rows else []
+
+    def close(self) -> None:
+        if self.pending:
+            rest = pa.concat_tables(self.pending).combine_chunks()
+            if rest.num_rows:
+                self.writer.write_batch(rest.to_batches()[0])
 
 
 def merge_shard(storage: Storage, run_uri: str, index_root: str, shard: int, parts: list[int],
@@ -164,29 +192,28 @@ def merge_shard(storage: Storage, run_uri: str, index_root: str, shard: int, par
     part by part, so memory holds the shard's index and one part's passages, never the shard's text."""
     layout, run = IndexLayout(index_root), RunLayout(run_uri)
     out = layout.shard(shard)
-    side_files = [layout.shard_docs(shard)] + ([layout.shard_text(shard)] if with_text else [])
+    side_files = [layout.shard_docs(shard), layout.shard_lookup(shard)]
     if storage.exists(out):  # committed by an earlier attempt
         records = [storage.record(u) for u in side_files] + [storage.record(out)]
         vectors = storage.parquet_rows(layout.shard_docs(shard))
     else:
         merged = from_bytes(storage.read_bytes(layout.trained))
+        schema = lookup_schema(with_text)
         with contextlib.ExitStack() as stack:
             docs_file = stack.enter_context(storage.writer(layout.shard_docs(shard)))
             docs = stack.enter_context(pq.ParquetWriter(docs_file, DOCS, compression="zstd"))
-            if with_text:
-                text_file = stack.enter_context(storage.writer(layout.shard_text(shard)))
-                text = stack.enter_context(pa.ipc.new_file(text_file, TEXT))
+            lookup_file = stack.enter_context(storage.writer(layout.shard_lookup(shard)))
+            lookup = UniformBatchWriter(stack.enter_context(pa.ipc.new_file(lookup_file, schema)))
             for part in parts:
                 partial = from_bytes(storage.read_bytes(layout.partial(part)))
                 faiss.extract_index_ivf(merged).merge_from(faiss.extract_index_ivf(partial), 0)
                 del partial
-                passages = storage.read_table(run.part("passages", part),
-                                              columns=["id", "title", "text"] if with_text else ["id"])
+                passages = storage.read_table(run.part("passages", part), columns=schema.names)
                 faiss_ids = np.arange(offsets[part], offsets[part] + passages.num_rows, dtype=np.int64)
                 docs.write_table(pa.table({"faiss_id": faiss_ids, "id": passages["id"]}, schema=DOCS))
-                if with_text:
-                    text.write_table(passages.select(["title", "text"]).cast(TEXT), max_chunksize=4096)
-        records = [docs_file.record] + ([text_file.record] if with_text else [])
+                lookup.write(passages.cast(schema))
+            lookup.close()
+        records = [docs_file.record, lookup_file.record]
         records.append(storage.write_bytes(out, to_bytes(merged)))  # the index last: it marks the shard done
         vectors = merged.ntotal
     return {"shard": shard, "parts": parts, "vectors": int(vectors), "first_id": offsets[parts[0]] if parts else 0,

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xdr.index import IndexLayout, set_nprobe, vectors_of
+from xdr.index import LOOKUP_BATCH_ROWS, IndexLayout, set_nprobe, vectors_of
 from xdr.layout import RunLayout
 from xdr.storage import Storage, is_s3
 
@@ -66,8 +66,8 @@ def _local_copy(storage: Storage, uri: str, sha256: str, cache_dir: str | None) 
 
 
 class ShardSearcher:
-    """One serving shard: its FAISS index and passage ids in memory; titles and texts memory-mapped and
-    read only at the hits. Memory: the index bytes + the ids, whatever the size of the text."""
+    """One serving shard: its FAISS index in memory; passage ids (and titles, texts) memory-mapped and read
+    only at the hits. Memory: the index bytes, plus the pages of the lookup file that hits touched."""
 
     def __init__(self, index_root: str, shard: int, *, storage: Storage | None = None, cache_dir: str | None = None,
                  nprobe: int | None = None):
@@ -85,16 +85,10 @@ class ShardSearcher:
             return _local_copy(self.storage, uri, checksums[uri.rsplit("/", 1)[-1]], cache_dir)
 
         self.index = faiss.read_index(local(layout.shard(shard)))
-        # kept in its row groups (a part each): combining them would copy the ids once more while loading
-        self.ids = pq.read_table(local(layout.shard_docs(shard)), columns=["id"])["id"]
         self.first_id = int(entry["first_id"]) if "first_id" in entry else int(  # indexes built before first_id
             pq.read_table(local(layout.shard_docs(shard)), columns=["faiss_id"])["faiss_id"][0].as_py())
-        text_name = layout.shard_text(shard).rsplit("/", 1)[-1]
-        # zero-copy over the mapped file: pages are read when a hit's text is, and the kernel can drop them
-        self.text = (pa.ipc.open_file(pa.memory_map(local(layout.shard_text(shard)))).read_all()
-                     if text_name in checksums else None)
-        self._id_starts = _chunk_starts(self.ids)
-        self._text_starts = _chunk_starts(self.text.column(0)) if self.text is not None else None
+        # ids (and texts) stay in the memory-mapped lookup file; a lookup reads the batches of its hits only
+        self._lookup = pa.ipc.open_file(pa.memory_map(local(layout.shard_lookup(shard))))
         self.nprobe = nprobe or self.manifest["nprobe"]
 
     @property
@@ -108,24 +102,18 @@ class ShardSearcher:
 
     def lookup(self, faiss_ids: np.ndarray, columns: tuple[str, ...] = ("id",)) -> list[dict]:
         """Passage id (and title, text) of ids of this shard (its ids are contiguous from its first id)."""
-        rows = np.asarray(faiss_ids, dtype=np.int64) - self.first_id
-        found = {"id": _rows_of(self.ids, self._id_starts, rows)}
-        wanted = [c for c in columns if c != "id"]
-        if wanted and self.text is None:
-            raise ValueError(f"this index was built without text (with_text false); it cannot return {wanted}")
-        found.update({c: _rows_of(self.text[c], self._text_starts, rows) for c in wanted})
-        return [{c: found[c][i] for c in columns} for i in range(len(rows))]
-
-
-def _chunk_starts(column: pa.ChunkedArray) -> np.ndarray:
-    return np.cumsum([0] + [len(c) for c in column.chunks])
-
-
-def _rows_of(column: pa.ChunkedArray, starts: np.ndarray, rows: np.ndarray) -> list:
-    """Values at `rows`, read from their chunks one by one: a take over a whole string column would first
-    concatenate its chunks (a copy of all the shard's ids or text)."""
-    chunk = np.searchsorted(starts, rows, side="right") - 1
-    return [column.chunk(c)[int(r - starts[c])].as_py() for r, c in zip(rows, chunk)]
+        missing = [c for c in columns if c not in self._lookup.schema.names]
+        if missing:
+            raise ValueError(f"this index was built without text (with_text false); it cannot return {missing}")
+        batches: dict[int, pa.RecordBatch] = {}
+        out = []
+        for row in (np.asarray(faiss_ids, dtype=np.int64) - self.first_id).tolist():
+            number, offset = divmod(row, LOOKUP_BATCH_ROWS)
+            if number not in batches:
+                batches[number] = self._lookup.get_batch(number)
+            batch = batches[number]
+            out.append({c: batch.column(c)[offset].as_py() for c in columns})
+        return out
 
 
 class ShardedSearcher:
