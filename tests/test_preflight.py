@@ -101,3 +101,14 @@ def test_training_jobs(capsys, setup):
     _fails(capsys, ["train-generator", f"--output={s['out']}", f"--model={s['generator']}",
                     f"--set=train=[{{kind: triplets, path: {s['out']}/none-*.jsonl}}]"], "train[0].path")
     _fails(capsys, ["train-encoder", f"--output={s['unwritable']}", *base[1:]], "output")
+
+
+def test_evaluate(capsys, setup):
+    from tests.conftest import SHARED_DATA
+
+    s = setup
+    xquad_r = str(SHARED_DATA / "xquad-r")
+    _fails(capsys, ["evaluate", "lareqa", f"--data={s['out']}/no-data", f"--out={s['out']}"], "--data")
+    _fails(capsys, ["evaluate", "lareqa", f"--data={xquad_r}", "--encoder=no-org/no-such-model",
+                    f"--out={s['out']}"], "--encoder")
+    _fails(capsys, ["evaluate", "lareqa", f"--data={xquad_r}", f"--out={s['unwritable']}"], "--out")

@@ -122,6 +122,14 @@ def plan_units(storage: Storage, config: CorpusConfig) -> tuple[list[InputUnit],
     return units, infos
 
 
+def _estimated_bytes(unit: InputUnit, infos: list[dict]) -> int:
+    """Uncompressed bytes a unit's task reads (gzip counted at a typical 3:1)."""
+    if unit.end is not None:
+        return unit.end - unit.start
+    size = next(i["bytes"] for i in infos if i["uri"] == unit.uri)
+    return 3 * size if unit.uri.lower().endswith(".gz") else size
+
+
 def partitions_for(infos: list[dict], split_bytes: int) -> int:
     """Hash partitions for finding duplicates: one per `split_bytes` of input, so a partition holds about
     the ids of one unit."""
@@ -450,11 +458,13 @@ def validate_corpus(storage: Storage, config: CorpusConfig, run_uri: str, execut
     units, infos = plan_units(storage, config)
     partitions = partitions_for(infos, config.split_bytes)
     say(f"validating {len(infos)} files in {len(units)} units, duplicates in {partitions} partitions")
-    mapped = [executor.submit(validate_unit, storage, config, run_uri, u, partitions) for u in units]
+    # largest first, so that a big unit (a whole gzip file) does not start last and run alone at the end
+    order = sorted(units, key=lambda u: -_estimated_bytes(u, infos))
+    mapped = [executor.submit(validate_unit, storage, config, run_uri, u, partitions) for u in order]
     results: list[UnitResult] = [None] * len(units)  # type: ignore[list-item]
     rows = 0
     for done, (i, result) in enumerate(executor.as_completed(mapped), start=1):
-        results[i] = result
+        results[order[i].index] = result
         rows += result.rows_read
         if done == len(units) or done % max(1, len(units) // 20) == 0:
             say(f"validated {done}/{len(units)} units, {rows:,} rows")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,24 @@ def _index_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", help="search this built index (e.g. <run>/index, whose passages carry the "
                         "corpus ids) instead of exactly")
     parser.add_argument("--nprobe", type=int, help="with --index: lists searched (default: the index's)")
+
+
+def _preflight(args) -> None:
+    """The checks every job runs before work (xdr.preflight): one line and exit 2 on a problem."""
+    from xdr.preflight import PreflightError, check_input, check_model, check_output
+    from xdr.storage import Storage
+
+    storage = Storage()
+    try:
+        for name in ("data", "corpus", "topics", "qrels", "questions", "index", "run"):
+            value = getattr(args, name, None)
+            if value:
+                check_input(f"--{name}", str(value), storage)
+        check_model("--encoder", args.encoder, None, storage)
+        check_output("--out", str(args.out), storage)
+    except PreflightError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _encoder(args):
@@ -145,7 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     _index_args(p)
     p.add_argument("--depth", type=int, default=100)
     _encoder_args(p)
+    parser.add_argument("--check", action="store_true", help="only check the model, inputs and output, then exit")
     args = parser.parse_args(argv)
+    _preflight(args)
+    if args.check:
+        print("preflight passed: the encoder, inputs and output are reachable")
+        return
 
     start = time.perf_counter()
     if args.kind == "lareqa":
