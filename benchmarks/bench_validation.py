@@ -7,19 +7,20 @@ two corpus sizes (is the memory per task flat as the corpus grows?).
 Each size: a synthetic corpus (benchmarks/synthetic_corpus.py: half gzip JSON lines, half plain TSV) is
 written once, then validated by a fresh local Ray per CPU count. A sampler thread reads the resident
 memory of every Ray worker each 0.2 s, keyed by the task it runs (`ray::validate_unit` ...); the driver's
-is its own peak. The single reader that validation replaced runs once per size as the baseline.
+is its own peak (bench_scale.Sampler). The single reader that validation replaced runs once per size as the
+baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,40 +28,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_scale import Sampler  # noqa: E402
 from benchmarks.synthetic_corpus import write_corpus  # noqa: E402
 from xdr.config import CorpusConfig  # noqa: E402
 from xdr.storage import Storage  # noqa: E402
 
 TASKS = ("validate_unit", "find_duplicates", "cut_unit", "assemble_part")
-
-
-class WorkerMemory:
-    """Peak RSS of Ray worker processes per task name, sampled in a thread."""
-
-    def __init__(self, every_s: float = 0.2):
-        self.peak = {t: 0 for t in TASKS}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
-
-    def _run(self, every_s: float) -> None:
-        while not self._stop.is_set():
-            for proc in psutil.process_iter(["cmdline"]):
-                title = (proc.info["cmdline"] or [""])[0]
-                task = title.removeprefix("ray::")
-                if task in self.peak:
-                    try:
-                        self.peak[task] = max(self.peak[task], proc.memory_info().rss)
-                    except psutil.Error:
-                        pass
-            self._stop.wait(every_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def _validate_on_ray(config: CorpusConfig, run: str, cpus: int) -> dict:
@@ -72,7 +45,7 @@ def _validate_on_ray(config: CorpusConfig, run: str, cpus: int) -> dict:
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         time.sleep(2)  # let the idle workers start before the clock does
-        with WorkerMemory() as memory:
+        with Sampler(os.getpid(), every_s=0.2) as memory:  # this process and the Ray it started
             start = time.perf_counter()
             summary = validate_corpus(Storage(), config, run, RayTasks(), progress=lambda _: None)
             seconds = time.perf_counter() - start
@@ -80,7 +53,8 @@ def _validate_on_ray(config: CorpusConfig, run: str, cpus: int) -> dict:
         ray.shutdown()
     return {"cpus": cpus, "seconds": round(seconds, 2), "rows_per_s": round(summary.rows_read / seconds),
             "rows_read": summary.rows_read, "passages": summary.passages, "rejects": dict(summary.reject_reasons),
-            "parts": len(summary.parts), "peak_rss_mib": {t: round(v / 2**20) for t, v in memory.peak.items()}}
+            "parts": len(summary.parts),
+            "peak_rss_mib": {t: memory.report()["peak_rss_mib"].get(t, 0) for t in TASKS}}
 
 
 def _single_reader(config: CorpusConfig, run: str) -> dict:
