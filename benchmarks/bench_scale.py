@@ -245,7 +245,7 @@ def _serve_and_query(index: Path, run: Path, workdir: Path, log: Path, n_questio
 
 
 def run_size(row: dict, workdir: Path, files: int, resume: bool, factory: str, shards: int, nprobe: int,
-             save) -> None:
+             save, questions: int = 200) -> None:
     """Fill `row` (already in the results: `save` writes it as it grows)."""
     n = row["passages"]
     corpus, run = workdir / f"corpus-{n}", workdir / f"run-{n}"
@@ -336,7 +336,7 @@ def run_size(row: dict, workdir: Path, files: int, resume: bool, factory: str, s
     row["build"]["shard_index_bytes"], row["build"]["shard_ids_bytes"] = shard_bytes, ids_bytes
     save()
 
-    row["serve"] = _serve_and_query(index, run, workdir, log, n_questions=200)
+    row["serve"] = _serve_and_query(index, run, workdir, log, n_questions=questions)
     _replica_ratio(row)
     save()
 
@@ -386,10 +386,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--only-serve", action="store_true",
                         help="measure the endpoint again over the indexes in --workdir, updating --json")
-    parser.add_argument("--tiny", action="store_true", help="3,000 passages, 4 files, IVF16: the script runs")
+    parser.add_argument("--questions", type=int, default=200, help="questions asked at each client count")
+    parser.add_argument("--tiny", action="store_true", help="20,000 passages, 4 files, IVF16, 40 questions: the "
+                        "script runs (add --resume-at 20000 for the kill and rerun)")
     args = parser.parse_args()
     if args.tiny:
-        args.sizes, args.files, args.factory, args.resume_at = [30_000], 4, "IVF16,Flat", 30_000
+        args.sizes, args.files, args.factory, args.questions = [20_000], 4, "IVF16,Flat", 40
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="xdr-bench-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     results = {"machine": f"{platform.machine()}, {psutil.cpu_count()} CPUs, "
@@ -406,7 +408,8 @@ def main() -> None:
         for row in results["sizes"]:
             if row["passages"] in args.sizes:
                 index, run = workdir / f"run-{row['passages']}" / "index", workdir / f"run-{row['passages']}"
-                row["serve"] = _serve_and_query(index, run, workdir, workdir / f"log-{row['passages']}.txt", 200)
+                row["serve"] = _serve_and_query(index, run, workdir, workdir / f"log-{row['passages']}.txt",
+                                                args.questions)
                 _replica_ratio(row)
                 save()
         print(table(results))
@@ -414,7 +417,8 @@ def main() -> None:
     for n in args.sizes:
         row = {"passages": n}
         results["sizes"].append(row)
-        run_size(row, workdir, args.files, n == args.resume_at, args.factory, args.shards, args.nprobe, save)
+        run_size(row, workdir, args.files, n == args.resume_at, args.factory, args.shards, args.nprobe, save,
+                 args.questions)
         save()
         print(json.dumps({"passages": n, "checks": row["checks"]}), flush=True)
     print(table(results))

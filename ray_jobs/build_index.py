@@ -91,7 +91,7 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
         ray.get(done[0])
     add_s = time.perf_counter() - started - train_s
 
-    plan = xindex.shard_plan(parts, config.shards)
+    plan = xindex.shard_plan(rows_per_part, config.shards)
     merge = ray.remote(xindex.merge_shard).options(num_cpus=1, max_retries=2)
     shards = ray.get([merge.remote(storage, config.run, config.index_root, s, plan_parts, offsets,
                                    with_text=config.with_text) for s, plan_parts in enumerate(plan)])

@@ -20,7 +20,7 @@ def _build(storage, run, root, factory, rows_per_part, shards, nprobe=8):
     for part in range(len(rows_per_part)):
         xindex.add_part(storage, run, root, part, offsets[part])
     results = [xindex.merge_shard(storage, run, root, s, parts, offsets, with_text=True)
-               for s, parts in enumerate(xindex.shard_plan(len(rows_per_part), shards))]
+               for s, parts in enumerate(xindex.shard_plan(rows_per_part, shards))]
     storage.write_bytes(xindex.IndexLayout(root).manifest, json.dumps({"nprobe": nprobe, "shards": results}).encode())
     return results
 
@@ -50,11 +50,15 @@ def test_sample_is_uniform_without_replacement_and_seeded():
     assert abs(len(picks[2]) / 400 - 3000 / 4010) < 0.1
 
 
-def test_shard_plan_covers_every_part_once():
-    assert xindex.shard_plan(5, 2) == [[0, 1], [2, 3, 4]]
-    assert xindex.shard_plan(2, 4) == [[0], [1]]
-    plan = xindex.shard_plan(17, 5)
-    assert sorted(p for s in plan for p in s) == list(range(17)) and all(plan)
+def test_shard_plan_covers_every_part_once_and_never_makes_an_empty_shard():
+    assert xindex.shard_plan([10] * 5, 2) == [[0, 1, 2], [3, 4]]  # a part goes where its first row falls
+    assert xindex.shard_plan([10, 10], 4) == [[0], [1]]
+    assert xindex.shard_plan([10_000, 10_000, 0], 2) == [[0], [1, 2]]  # a part of trailing rejects joins shard 1
+    assert xindex.shard_plan([100, 10_000, 10], 3) == [[0, 1], [2]]  # a shard that would be empty is dropped
+    rows = [int(r) for r in np.random.default_rng(0).integers(0, 50, size=17)]
+    plan = xindex.shard_plan(rows, 5)
+    assert sorted(p for s in plan for p in s) == list(range(17))
+    assert all(sum(rows[p] for p in s) > 0 for s in plan) and len(plan) == 5
 
 
 def test_merge_topk_breaks_ties_by_id_and_skips_missing():
@@ -72,7 +76,7 @@ def test_sharded_search_equals_single_index_search(synthetic_run, factory):
     sharded = _build(storage, str(root / "run"), str(root / f"three-{name}"), factory, rows, shards=3)
     # every id in exactly one serving shard
     assert [s["vectors"] for s in single] == [12_000] and sum(s["vectors"] for s in sharded) == 12_000
-    assert [s["parts"] for s in sharded] == [[0, 1], [2], [3, 4]]
+    assert [s["parts"] for s in sharded] == [[0, 1], [2, 3], [4]]  # first rows 0, 2500 | 5000, 7500 | 10000
     queries = clustered_vectors(50, 32, clusters=64, seed=9)
     a = ShardedSearcher(str(root / f"one-{name}")).search(queries, k=10, nprobe=4)
     b = ShardedSearcher(str(root / f"three-{name}")).search(queries, k=10, nprobe=4)
@@ -123,7 +127,7 @@ def test_rerun_skips_committed_files_and_rebuilds_missing_ones(tmp_path):
     (tmp_path / "idx" / "shard-001.faissindex").unlink()  # as if the job died before this commit
     again = [xindex.merge_shard(storage, str(tmp_path / "run"), str(tmp_path / "idx"), s, parts,
                                 xindex.part_offsets([10] * 4), with_text=True)
-             for s, parts in enumerate(xindex.shard_plan(4, 2))]
+             for s, parts in enumerate(xindex.shard_plan([10] * 4, 2))]
     assert shard0.stat().st_mtime_ns == mtime
     assert [s["vectors"] for s in again] == [s["vectors"] for s in first] == [20, 20]
     assert again[0]["files"] == first[0]["files"]

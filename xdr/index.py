@@ -148,11 +148,17 @@ def add_part(storage: Storage, run_uri: str, index_root: str, part: int, id_offs
     return storage.write_bytes(out, to_bytes(index))
 
 
-def shard_plan(n_parts: int, n_shards: int) -> list[list[int]]:
-    """Contiguous runs of parts per serving shard, as even as possible; never an empty shard."""
-    n_shards = max(1, min(n_shards, n_parts))
-    bounds = np.linspace(0, n_parts, n_shards + 1).round().astype(int)
-    return [list(range(bounds[s], bounds[s + 1])) for s in range(n_shards)]
+def shard_plan(rows_per_part: list[int], n_shards: int) -> list[list[int]]:
+    """Contiguous runs of parts per serving shard, even in rows; never an empty shard. A part goes to the
+    shard its first row falls in, so parts without rows (a part of trailing rejects) join a neighbour."""
+    total = sum(rows_per_part)
+    if total == 0:
+        return [list(range(len(rows_per_part)))]
+    n_shards = max(1, min(n_shards, sum(1 for r in rows_per_part if r)))
+    starts = np.cumsum([0, *rows_per_part[:-1]])
+    shard_of = [min(n_shards - 1, int(start) * n_shards // total) for start in starts]
+    plan = [[p for p, s in enumerate(shard_of) if s == shard] for shard in range(n_shards)]
+    return [parts for parts in plan if sum(rows_per_part[p] for p in parts)]
 
 
 DOCS = pa.schema([("faiss_id", pa.int64()), ("id", pa.string())])
