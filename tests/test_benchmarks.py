@@ -51,7 +51,7 @@ def test_scale_benchmark_runs_the_whole_path_in_tiny_mode(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     (size,) = json.loads(out.read_text())["sizes"]
     assert size["checks"] and all(size["checks"].values()), size["checks"]
-    assert size["resume"]["killed"] and size["resume"]["parts_done"] == 1
+    assert size["resume"]["killed"] and 1 <= size["resume"]["parts_done"] < 3  # of 3 parts (the 3rd: rejects)
     assert size["index_job"]["counts"]["validation_resumed"] is True
     assert size["serve"]["clients_8"]["questions"] == 40 and size["serve"]["clients_1"]["p50_ms"] > 0
     assert size["build"]["vectors"] == 20_000 and "| 20,000 |" in done.stdout
