@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 
-from ray_jobs.common import on_terminal, run_job
+from ray_jobs.common import as_finished, on_terminal, run_job
 from xdr import index as xindex
 from xdr.config import IndexBuildConfig
 from xdr.layout import RunLayout
@@ -78,23 +78,25 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
     rows_per_part = [storage.parquet_rows(layout.part("embeddings", p)) for p in range(parts)]
     offsets = xindex.part_offsets(rows_per_part)
 
-    trained = ray.get(ray.remote(_train).options(num_cpus=1).remote(storage, config, rows_per_part))
+    training = ray.remote(_train).options(num_cpus=1).remote(storage, config, rows_per_part)
+    trained = ray.get(next(as_finished([training], "train")))
     train_s = time.perf_counter() - started
 
     add = ray.remote(xindex.add_part).options(num_cpus=1, max_retries=2)
     pending = {add.remote(storage, config.run, config.index_root, p, offsets[p]): p for p in range(parts)}
     progress = Progress("add", sum(rows_per_part), parts, emit=log.info,
                         bar=on_terminal())
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        progress.update(rows_per_part[pending.pop(done[0])])
-        ray.get(done[0])
+    for done in as_finished(pending, "add"):
+        ray.get(done)
+        progress.update(rows_per_part[pending[done]])
     add_s = time.perf_counter() - started - train_s
 
     plan = xindex.shard_plan(rows_per_part, config.shards)
     merge = ray.remote(xindex.merge_shard).options(num_cpus=1, max_retries=2)
-    shards = ray.get([merge.remote(storage, config.run, config.index_root, s, plan_parts, offsets,
-                                   with_text=config.with_text) for s, plan_parts in enumerate(plan)])
+    merging = [merge.remote(storage, config.run, config.index_root, s, plan_parts, offsets, with_text=config.with_text)
+               for s, plan_parts in enumerate(plan)]
+    finished = {ref: ray.get(ref) for ref in as_finished(merging, "merge")}
+    shards = [finished[ref] for ref in merging]
     expected = run_manifest["counts"]["embeddings"]
     indexed = sum(s["vectors"] for s in shards)
     if indexed != expected or sum(rows_per_part) != expected:

@@ -162,17 +162,21 @@ def _build_index(argv: list[str]) -> None:
 def _serve(argv: list[str]) -> None:
     import signal
 
+    import ray
     from ray import serve
 
     from ray_jobs import serve_app
     from ray_jobs.common import (
         connect_ray,
+        fail,
         parse_job_args,
         quiet_ray_logs,
         ray_log_file,
         ray_log_note,
         run_preflight,
         setup_logging,
+        stop_on_sigterm,
+        stopped_by,
     )
     from xdr.config import ServeConfig
 
@@ -181,20 +185,30 @@ def _serve(argv: list[str]) -> None:
     if run_preflight(config, args):
         return
     log_file = None if args.verbose else ray_log_file("serve")
+    ours = not ray.is_initialized()
     connect_ray(args.address, log_file=log_file)
-    url = serve_app.start(config)
-    if log_file:
-        quiet_ray_logs(log_file)
-    print(f"serving {config.index} on {url} (POST /search, GET /info, /healthz, /docs); Ctrl-C stops it", flush=True)
-    if log_file:
-        print(ray_log_note(log_file), flush=True)
-    stop = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # delivered to sigwait, not as KeyboardInterrupt
+    stop_on_sigterm()  # while the replicas start; once they serve, sigwait below takes the signals
     try:
+        url = serve_app.start(config)
+        if log_file:
+            quiet_ray_logs(log_file)
+        print(f"serving {config.index} on {url} (POST /search, GET /info, /healthz, /docs); Ctrl-C stops it",
+              flush=True)
+        if log_file:
+            print(ray_log_note(log_file), flush=True)
+        stop = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # delivered to sigwait, not as KeyboardInterrupt
         received = signal.sigwait(stop)
         print(f"{signal.Signals(received).name}: stopping the endpoint", flush=True)
+    except KeyboardInterrupt as stop:
+        print(f"stopped ({stopped_by(stop)}) before the endpoint served", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except Exception as err:  # noqa: BLE001 -- reported as every job reports a failure
+        fail(err, log_file)
     finally:
         serve.shutdown()
+        if ours:
+            ray.shutdown()  # a local Ray this command started stops with it
 
 
 def _search(argv: list[str]) -> None:
@@ -238,9 +252,20 @@ def _tune_index(argv: list[str]) -> None:
 
 
 def _evaluate(argv: list[str]) -> None:
+    import signal
+
+    from ray_jobs.common import stop_on_sigterm, stopped_by
     from xdr.eval.run import main as evaluate_main
 
-    evaluate_main(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()
+    try:
+        evaluate_main(argv)
+    except KeyboardInterrupt as stop:
+        print(f"stopped ({stopped_by(stop)})", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,

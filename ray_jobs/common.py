@@ -141,6 +141,22 @@ def connect_ray(address: str | None = None, *, log_file: Path | None = None) -> 
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
+STALL_S = 600.0  # no task finished for this long: say so (a first task can take minutes on a cold GPU node)
+
+
+def as_finished(refs, label: str, stall_s: float = STALL_S):
+    """Yields each object reference as its task finishes; when none finishes for `stall_s` seconds, says so
+    on the driver and names the workers' logs (xdr.progress.StallWatch)."""
+    from xdr.progress import StallWatch
+
+    pending = list(refs)
+    with StallWatch(label, stall_s, log.warning, hint=workers_logs()) as watch:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            watch.touch()
+            yield done[0]
+
+
 def gpus_per_actor(configured: float | None) -> float:
     """The configured value, else 1 if the cluster has GPUs now, else 0 (CPU inference)."""
     if configured is not None:
@@ -187,12 +203,35 @@ def root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops the job like Ctrl-C: the `finally` blocks run and the Ray this driver started stops."""
+_signals_received: list[str] = []
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the job like Ctrl-C: the `finally` blocks run and the Ray this driver started stops.
+    Install it after ray.init, which sets a handler of its own that only logs and dies."""
     def stop(signum, _frame):
+        _signals_received.append(signal.Signals(signum).name)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def stopped_by(interrupt: KeyboardInterrupt) -> str:
+    """The signal that stopped the job: Ray re-raises a bare KeyboardInterrupt after cancelling its work."""
+    return _signals_received[-1] if _signals_received else str(interrupt) or "SIGINT"
+
+
+def fail(err: Exception, log_file: Path | None) -> None:
+    """A job's failure as one line on stderr (the root cause) and exit status 1; the traceback goes to the
+    log file, or above the line when Ray's logs are shown."""
+    if log_file:
+        with open(log_file, "a", encoding="utf-8") as out:
+            traceback.print_exception(err, file=out)
+    else:
+        traceback.print_exception(err)
+    print(f"error: {root_cause(err)}\n(full traceback in {log_file or 'the output above'})", file=sys.stderr,
+          flush=True)
+    raise SystemExit(1) from None
 
 
 def run_job(description: str, argv: list[str] | None, model_cls, job, summary) -> dict:
@@ -210,21 +249,14 @@ def run_job(description: str, argv: list[str] | None, model_cls, job, summary) -
     try:
         connect_ray(args.address, log_file=log_file)
         if on_main_thread:
-            _stop_on_sigterm()  # after ray.init, which installs a handler that only logs and dies
+            stop_on_sigterm()
         manifest = job(config)
         note = ray_log_note(log_file)
     except KeyboardInterrupt as stop:
-        print(f"stopped ({stop or 'SIGINT'}); rerun the same command to resume", file=sys.stderr, flush=True)
+        print(f"stopped ({stopped_by(stop)}); rerun the same command to resume", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     except Exception as err:  # noqa: BLE001 -- every failure is reported the same way
-        where = log_file or "the output above"
-        if log_file:
-            with open(log_file, "a", encoding="utf-8") as out:
-                traceback.print_exception(err, file=out)
-        else:
-            traceback.print_exception(err)
-        print(f"error: {root_cause(err)}\n(full traceback in {where})", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        fail(err, log_file)
     finally:
         if ours and ray.is_initialized():
             ray.shutdown()  # a local Ray this driver started stops with it; a cluster is only left

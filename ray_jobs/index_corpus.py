@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from ray_jobs.common import gpus_per_actor, on_terminal, run_job, workers_logs
+from ray_jobs.common import STALL_S, gpus_per_actor, on_terminal, run_job, workers_logs
 from ray_jobs.tasks import RayTasks
 from xdr.config import IndexingJobConfig
 from xdr.layout import RunLayout
@@ -31,7 +31,6 @@ from xdr.storage import Storage
 from xdr.validation import PrepareSummary, validate_corpus
 
 log = logging.getLogger("xdr.index")
-STALL_S = 600.0  # no part finished for this long: say so (a first part can take minutes on a cold GPU node)
 
 
 def _check_queries_source(storage: Storage, config: IndexingJobConfig, parts: int) -> None:
@@ -84,7 +83,7 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
                         bar=on_terminal())
     summaries = []
     pipeline_start = time.perf_counter()
-    with StallWatch("embed", STALL_S, log.warning, hint=workers_logs()) as watch:
+    with StallWatch("embed", STALL_S, log.warning, hint=workers_logs()) as watch:  # Ray Data yields rows, not refs
         for row in build_pipeline(config, sorted(passages_in)).iter_rows():
             watch.touch()
             summaries.append(row)

@@ -11,6 +11,8 @@ from typing import Any
 
 import ray
 
+from ray_jobs.common import as_finished
+
 
 class RayTasks:
     """Submit library functions as Ray tasks (retried on I/O errors and lost workers)."""
@@ -26,10 +28,8 @@ class RayTasks:
 
     def as_completed(self, handles: Sequence[ray.ObjectRef]) -> Iterator[tuple[int, Any]]:
         index = {ref: i for i, ref in enumerate(handles)}
-        pending = list(handles)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield index[done[0]], ray.get(done[0])
+        for ref in as_finished(handles, "validate"):
+            yield index[ref], ray.get(ref)
 
     def get(self, handles: Sequence[ray.ObjectRef]) -> list[Any]:
-        return ray.get(list(handles))
+        return [result for _, result in sorted(self.as_completed(handles), key=lambda done: done[0])]

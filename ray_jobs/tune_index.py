@@ -27,7 +27,7 @@ import numpy as np
 import ray
 import yaml
 
-from ray_jobs.common import on_terminal, run_job
+from ray_jobs.common import as_finished, on_terminal, run_job
 from xdr import tune
 from xdr.config import EncoderConfig, TuneIndexConfig
 from xdr.encoder import make_encoder
@@ -133,10 +133,9 @@ def tune_index(config: TuneIndexConfig) -> dict[str, Any]:
         threads = max(1, int(config.cpus_per_task))
         pending = {task.remote(f, *shared, config.nprobe, d, config.seed, threads): (f, d) for f, d in todo}
         progress = Progress("tune", len(todo), len(todo), emit=log.info, bar=on_terminal())
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            factory, dtype = pending.pop(done[0])
-            storage.write_bytes(point_file(config, factory, dtype), json.dumps(ray.get(done[0])).encode())
+        for done in as_finished(pending, "tune"):
+            factory, dtype = pending[done]
+            storage.write_bytes(point_file(config, factory, dtype), json.dumps(ray.get(done)).encode())
             progress.update(1)
     points = [p for f, d in jobs for p in json.loads(storage.read_bytes(point_file(config, f, d)))]
     result = summarise(config, points, evalset, {m: float(v.mean()) for m, v in exact.items()}, n, dim)

@@ -74,3 +74,17 @@ def make_config(models: dict[str, Path], corpus_path: str | Path, output: str | 
         else:
             data[key] = value
     return IndexingJobConfig.model_validate(data)
+
+
+def session_processes(sid: int) -> list:
+    """The live processes of a session (a job started with start_new_session=True and everything under it)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return found

@@ -1,5 +1,6 @@
 """What goes wrong inside a worker reaches the user as its own message; SIGTERM stops a job and its Ray."""
 
+import json
 import os
 import shutil
 import signal
@@ -7,10 +8,10 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
-from tests.conftest import REPO
+from ray_jobs.common import free_port
+from tests.conftest import REPO, session_processes
 
 JOB_ENV = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
 
@@ -18,17 +19,6 @@ JOB_ENV = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(REPO), "HF_HU
 def _corpus(path, n=400):
     path.write_text("".join(f'{{"id": "p{i}", "text": "text of passage {i} " }}\n' for i in range(n)))
     return path
-
-
-def _session_processes(sid: int) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    return found
 
 
 @pytest.mark.slow
@@ -64,15 +54,89 @@ def test_sigterm_stops_the_job_and_its_ray(tmp_path, tiny_models):
         while not list((tmp_path / "out" / "queries").glob("part-*.parquet")):  # mid-run: the pipeline works
             assert proc.poll() is None and time.monotonic() < deadline, "the job never started its pipeline"
             time.sleep(0.2)
-        assert len(_session_processes(proc.pid)) > 3  # the driver and its local Ray
+        assert len(session_processes(proc.pid)) > 3  # the driver and its local Ray
         proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         proc.wait(timeout=15)
         assert time.monotonic() - stopped < 15
         assert proc.returncode == 130 and "stopped (SIGTERM)" in proc.stderr.read()
         time.sleep(2)
-        left = _session_processes(proc.pid)
+        left = session_processes(proc.pid)
         assert not left, f"processes of the stopped job survive: {[p.cmdline()[:1] for p in left]}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _job_argv(job: str, tmp_path, tiny_models) -> tuple[list[str], str]:
+    """A run of `job` with work enough to be stopped mid-run, and the output line that says it is working."""
+    from tests.conftest import SHARED_DATA
+    from tests.test_index import _build
+    from xdr.storage import Storage
+    from xdr.synthetic import clustered_vectors, write_run
+
+    working = "Ray resources:"  # the job's Ray is up and the job's own work has begun
+    if job in ("build-index", "serve"):
+        run = tmp_path / "run"
+        write_run(Storage(), str(run), clustered_vectors(40_000 if job == "build-index" else 2_000, 32, seed=3),
+                  part_size=10_000)
+        if job == "build-index":
+            return [job, f"--run={run}", "--factory=IVF256,PQ8", "--shards=4", "--train_sample=40000"], working
+        _build(Storage(), str(run), str(run / "index"), "IVF8,Flat", [2_000], 1)
+        manifest = run / "index" / "manifest.json"  # the fields the build job adds that serving reads
+        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {
+            "factory": "IVF8,Flat", "dim": 32, "vectors": 2_000, "nlist": 8, "source_run": str(run)}))
+        return [job, f"--index={run / 'index'}", "--encoder.model=stand-in:hashing-32", f"--port={free_port()}",
+                "--router_replicas=[1,1]"], working  # stopped while its replicas start (test_newcomer: serving)
+    if job in ("train-encoder", "train-generator"):
+        data = tmp_path / "train.jsonl"
+        data.write_text("".join(json.dumps({"id": f"q{i}", "lang": "en", "question": f"word{i % 7} what?",
+                                            "passage": f"word{i % 7} and some text", "title": ""}) + "\n"
+                                for i in range(64)))
+        if job == "train-generator":
+            data.write_text("".join(json.dumps({"passage": f"word{i % 7} and some text", "question": f"word{i % 7}?",
+                                                "lang": "fi"}) + "\n" for i in range(64)))
+        kind = "parallel_jsonl" if job == "train-encoder" else "qg_jsonl"
+        model = tiny_models["encoder" if job == "train-encoder" else "generator"]
+        return [job, f"--model={model}", f"--output={tmp_path / 'out'}", "--steps=100000", "--batch_size=4",
+                "--num_workers=1", "--cpus_per_worker=1", f"--set=train=[{{kind: {kind}, path: {data}}}]"], working
+    if job == "tune-index":
+        return [job, "--eval.kind=miracl-yo", f"--eval.path={SHARED_DATA / 'miracl-yo'}", f"--output={tmp_path / 'o'}",
+                "--factories=[Flat]", "--nprobe=[1]", "--dtypes=[float32]"], working
+    assert job == "evaluate"
+    return [job, "lareqa", f"--data={SHARED_DATA / 'xquad-r'}", f"--out={tmp_path / 'o'}"], "evaluate lareqa: "
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["build-index", "serve", "train-encoder", "train-generator", "tune-index", "evaluate"])
+def test_sigterm_mid_run_stops_each_job_and_its_ray_within_seconds(job, tmp_path, tiny_models):
+    argv, working = _job_argv(job, tmp_path, tiny_models)
+    out = tmp_path / "job.out"
+    with open(out, "w") as sink:
+        local_ray = [] if job == "evaluate" else ["--address", "local"]  # evaluate runs without Ray
+        proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.cli", *argv, *local_ray],
+                                cwd=REPO, env={**JOB_ENV, "XDR_LOG_DIR": str(tmp_path / "logs")}, stdout=sink,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while working not in out.read_text():
+            assert proc.poll() is None, f"{job} ended before it was stopped:\n{out.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{job} never started its work:\n{out.read_text()[-3000:]}"
+            time.sleep(0.2)
+        time.sleep(3)  # into the work: workers, tasks or replicas are running
+        assert proc.poll() is None, f"{job} finished before it was stopped; give it more work"
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        proc.wait(timeout=15)
+        assert time.monotonic() - stopped < 15
+        said = out.read_text()
+        assert proc.returncode == 130 and "stopped (SIGTERM)" in said, said[-3000:]
+        assert "Traceback" not in said, said[-3000:]
+        time.sleep(2)
+        left = session_processes(proc.pid)
+        assert not left, f"processes of the stopped {job} survive: {[p.cmdline()[:3] for p in left]}"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -119,3 +183,15 @@ def test_a_stalled_job_says_so_and_names_the_logs():
         assert said == []
         time.sleep(0.5)  # now silent for longer than 0.3 s
     assert len(said) >= 1 and said[0].startswith("[embed] no progress for") and said[0].endswith("/tmp/x")
+
+
+def test_waiting_on_tasks_that_make_no_progress_says_so_on_the_driver(ray_local, caplog):
+    import ray
+
+    from ray_jobs.common import as_finished
+
+    slow = ray.remote(lambda: time.sleep(1.5) or 7).options(num_cpus=0.1).remote()
+    with caplog.at_level("WARNING", logger="xdr"):
+        assert [ray.get(ref) for ref in as_finished([slow], "add", stall_s=0.4)] == [7]
+    said = [r.getMessage() for r in caplog.records if "no progress" in r.getMessage()]
+    assert said and said[0].startswith("[add] no progress for") and "workers' logs: " in said[0], said

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, session_processes
 
 XDR = str(Path(sys.executable).parent / "xdr")
 
@@ -74,8 +74,12 @@ def test_the_readme_commands_work_as_written(tmp_path):
         assert answer.startswith("? Wer hat das Penicillin entdeckt?") and "demo-024  Penicillin" in first, answer
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C, as the README says
+        stopped = time.monotonic()
         try:
             server.wait(timeout=90)
+            assert time.monotonic() - stopped < 15
+            time.sleep(2)
+            assert not session_processes(server.pid), "Ray processes of the stopped endpoint survive"
         finally:
             try:
                 os.killpg(server.pid, signal.SIGKILL)  # whatever Ray processes outlived it

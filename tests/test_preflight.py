@@ -112,3 +112,66 @@ def test_evaluate(capsys, setup):
     _fails(capsys, ["evaluate", "lareqa", f"--data={xquad_r}", "--encoder=no-org/no-such-model",
                     f"--out={s['out']}"], "--encoder")
     _fails(capsys, ["evaluate", "lareqa", f"--data={xquad_r}", f"--out={s['unwritable']}"], "--out")
+
+
+_WORKER_LOAD = """
+import sys, time
+import xdr.encoder  # imports are not network waits: the clock starts after them
+from xdr.model_files import ModelUnavailable, local_model
+started = time.perf_counter()
+try:
+    print(local_model(sys.argv[1]))
+except ModelUnavailable as err:
+    print("unavailable:", err)
+print(f"seconds={time.perf_counter() - started:.2f}")
+"""
+
+
+def _load_in_a_worker(name: str, **env: str) -> tuple[str, float]:
+    """local_model as a Ray worker runs it: a fresh process with the job's environment."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    done = subprocess.run([sys.executable, "-c", _WORKER_LOAD, name], env={**environ, "PYTHONPATH": str(REPO), **env},
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    return lines[-2], float(lines[-1].removeprefix("seconds="))
+
+
+@pytest.fixture
+def silent_hub():
+    """A Hub endpoint that accepts connections and never answers, as behind a firewall that drops packets."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_a_worker_never_waits_on_the_hub_longer_than_the_bound(silent_hub, tmp_path):
+    said, seconds = _load_in_a_worker("xdr-test-org/not-cached", HF_ENDPOINT=silent_hub, XDR_HUB_TIMEOUT_S="2",
+                                      HF_HUB_CACHE=str(tmp_path / "hub"))
+    assert said.startswith("unavailable:") and "did not answer within 2 s" in said and "HF_HOME" in said, said
+    assert seconds < 2 + 1.5  # the bound, whatever the HTTP client's retries
+
+
+def test_a_cached_hub_model_loads_from_its_snapshot_without_a_request(silent_hub, tmp_path, tiny_models):
+    """The Hub cache layout (models--org--name/refs/main -> snapshots/<commit>/...), as `hf download` leaves it."""
+    import shutil
+
+    repo = tmp_path / "hub" / "models--xdr-test-org--tiny-encoder"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_models["encoder"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    said, seconds = _load_in_a_worker("xdr-test-org/tiny-encoder", HF_ENDPOINT=silent_hub, XDR_HUB_TIMEOUT_S="30",
+                                      HF_HUB_CACHE=str(tmp_path / "hub"))
+    assert said == str(repo / "snapshots" / commit)
+    assert seconds < 10  # far below the 30 s the silent Hub would cost if it were asked

@@ -154,7 +154,7 @@ def make_encoder(config: EncoderConfig, device: str | None = None, storage=None)
     if is_stand_in(config.model):  # benchmark stand-in, not a model (xdr/stand_ins.py)
         return HashingEncoder(config)
 
-    config = config.model_copy(update={"model": local_model(config.model, storage)})
+    config = config.model_copy(update={"model": local_model(config.model, storage, revision=config.revision)})
 
     if config.model == USE_MODEL:
         on_gpu = pick_device(device).type == "cuda"

@@ -8,36 +8,21 @@ what was tried, what to do) at the first problem. Model references:
 - an s3:// folder must list at least one file;
 - a local folder must hold `config.json` (Hugging Face) or be a USE folder written by the trainer;
 - anything else is a Hugging Face id: found in the local cache (HF_HOME / HF_HUB_CACHE), or, unless
-  HF_HUB_OFFLINE is set, answered by the Hub within `HUB_TIMEOUT_S`.
+  HF_HUB_OFFLINE is set, answered by the Hub within XDR_HUB_TIMEOUT_S (xdr.model_files).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
+from xdr.model_files import ModelUnavailable, is_hub_id, resolve_hub_model
 from xdr.storage import Storage, is_s3, join
-
-HUB_TIMEOUT_S = 10.0
-_OFFLINE_HINT = ("download it where the Hub is reachable (huggingface-cli download NAME), point HF_HOME at that "
-                 "cache on every node, or copy the model folder to an s3:// folder and name that")
 
 
 class PreflightError(ValueError):
     def __init__(self, field: str, value: object, problem: str, todo: str):
         super().__init__(f"{field} = {value!r}: {problem}; {todo}")
-
-
-def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _looks_like_path(name: str) -> bool:
-    """A Hugging Face id is `name` or `org/name`; anything else is a folder."""
-    return (name.startswith(("/", "./", "../", "~", "file://")) or name.count("/") > 1
-            or Path(name).expanduser().exists())
 
 
 def check_model(field: str, name: str, revision: str | None = None, storage: Storage | None = None) -> None:
@@ -59,38 +44,19 @@ def check_model(field: str, name: str, revision: str | None = None, storage: Sto
             raise PreflightError(field, name, "the s3:// folder is empty or missing",
                                  "copy the model folder (config.json and weights) there")
         return
+    if is_hub_id(name):
+        try:
+            resolve_hub_model(name, revision)
+        except ModelUnavailable as err:
+            raise PreflightError(field, name, err.problem, err.todo) from None
+        return
     folder = Path(name.removeprefix("file://")).expanduser()
-    if folder.exists() or _looks_like_path(name):
-        if not folder.is_dir():
-            raise PreflightError(field, name, "no such folder", "give a model folder, a Hugging Face id or an "
-                                 "s3:// folder")
-        if not (folder / "config.json").exists() and not is_use_folder(str(folder)):
-            raise PreflightError(field, name, "the folder holds no config.json (nor a USE model)",
-                                 "give the folder that holds the model's config.json and weights")
-        return
-    _check_hub_model(field, name, revision)
-
-
-def _check_hub_model(field: str, name: str, revision: str | None) -> None:
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(name, "config.json", revision=revision)
-    if isinstance(cached, str):
-        return
-    where = f"the local Hugging Face cache ({constants.HF_HUB_CACHE})"
-    if _hub_offline():
-        raise PreflightError(field, name, f"not in {where}, and HF_HUB_OFFLINE is set", _OFFLINE_HINT)
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        HfApi().model_info(name, revision=revision, timeout=HUB_TIMEOUT_S)
-    except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise PreflightError(field, name, "no such model on the Hugging Face Hub (or it is private: set HF_TOKEN)",
-                             "check the spelling") from None
-    except Exception as err:  # noqa: BLE001 -- any network failure means the same to the user
-        raise PreflightError(field, name, f"not in {where}, and the Hub did not answer within {HUB_TIMEOUT_S:.0f} s "
-                             f"({type(err).__name__})", _OFFLINE_HINT) from None
+    if not folder.is_dir():
+        raise PreflightError(field, name, "no such folder", "give a model folder, a Hugging Face id or an "
+                             "s3:// folder")
+    if not (folder / "config.json").exists() and not is_use_folder(str(folder)):
+        raise PreflightError(field, name, "the folder holds no config.json (nor a USE model)",
+                             "give the folder that holds the model's config.json and weights")
 
 
 def check_input(field: str, pattern: str, storage: Storage) -> None:

@@ -54,7 +54,7 @@ class GenerateQueriesStage:
         if is_stand_in(config.generator.model):  # benchmark stand-in, not a model (xdr/stand_ins.py)
             self.generator = LeadWordsGenerator(config.generator)
         else:
-            model = local_model(config.generator.model, self.storage)  # an s3:// folder is copied down once
+            model = local_model(config.generator.model, self.storage, revision=config.generator.revision)
             self.generator = QueryGenerator(config.generator.model_copy(update={"model": model}), device=device)
 
     def run_part(self, part: int) -> dict[str, Any]:

@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         print("preflight passed: the encoder, inputs and output are reachable")
         return
 
+    print(f"evaluate {args.kind}: loading the data and the encoder, then encoding and scoring", file=sys.stderr,
+          flush=True)
     start = time.perf_counter()
     if args.kind == "lareqa":
         result, md = _lareqa(args)
