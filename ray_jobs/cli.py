@@ -10,6 +10,7 @@
     xdr train-generator --config F  train the xQG query generator on Ray Train (ray_jobs.train_generator)
     xdr tune-index --eval.kind=K  factories x nprobe in the task metric, speed, memory (ray_jobs.tune_index)
     xdr evaluate KIND ...         metrics on XQuAD-R, XQuAD (oracle xQG), MIRACL-yo, BEIR-style sets
+    xdr sweep --config FILE       an experiment over training settings x seeds as Ray Tune trials (ray_jobs.sweep)
     xdr build-tiny-models DIR     the offline test/demo models
     xdr config-reference          every config field with its default and meaning (Markdown)
 """
@@ -251,6 +252,12 @@ def _tune_index(argv: list[str]) -> None:
     tune_main(argv)
 
 
+def _sweep(argv: list[str]) -> None:
+    from ray_jobs.sweep import main as sweep_main
+
+    sweep_main(argv)
+
+
 def _evaluate(argv: list[str]) -> None:
     import signal
 
@@ -270,7 +277,7 @@ def _evaluate(argv: list[str]) -> None:
 
 COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,
             "evaluate": _evaluate, "train-encoder": _train_encoder,
-            "train-generator": _train_generator, "tune-index": _tune_index,
+            "train-generator": _train_generator, "tune-index": _tune_index, "sweep": _sweep,
             "build-tiny-models": _build_tiny_models,
             "config-reference": _config_reference}
 

@@ -77,11 +77,11 @@ def train_loop_per_worker(config_dict: dict) -> None:
     training.worker_loop(TrainEncoderConfig.model_validate(config_dict), encoder_task)
 
 
-def run_training(config: TrainEncoderConfig) -> dict[str, Any]:
+def run_training(config: TrainEncoderConfig, callbacks: list = ()) -> dict[str, Any]:
     def load_data(storage: Storage) -> list:
         return load_sets(storage, config.train + config.validation)[1]
 
-    return training.run_training(config, train_loop_per_worker, load_data,
+    return training.run_training(config, train_loop_per_worker, load_data, callbacks=callbacks,
                                  extra_files=config.code_switch.dictionaries if config.code_switch else [])
 
 

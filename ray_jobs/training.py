@@ -135,7 +135,7 @@ def worker_loop(config, build_task: Callable[[Any, Storage, int, int], WorkerTas
 
 def _report_with_checkpoint(metrics, rank, task: WorkerTask, optimizer, scheduler, progress, end: bool) -> None:
     """Every worker reports (a barrier); rank 0 alone attaches the checkpoint."""
-    metrics = {**metrics, "done": end}
+    metrics = {**metrics, "final": end}  # not "done": Ray Tune ends a trial on a metric of that name
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -156,8 +156,8 @@ def _export_model(storage: Storage, config, model, step: int, val_loss: float | 
                         json.dumps({"step": step, "val_loss": val_loss, **model.parameter_counts()}).encode())
 
 
-def _run_storage(storage: Storage, config) -> dict:
-    uri = join(config.output, "checkpoints")
+def ray_storage(storage: Storage, uri: str) -> dict:
+    """RunConfig's storage keywords for a folder (Ray Train's and Ray Tune's state)."""
     if is_s3(uri):  # an explicit filesystem carries the configured endpoint (SeaweedFS, MinIO, ...)
         fs, path = storage.filesystem(uri)
         return {"storage_path": path, "storage_filesystem": fs}
@@ -166,10 +166,11 @@ def _run_storage(storage: Storage, config) -> dict:
 
 
 def run_training(config, loop: Callable[[dict], None], load_data: Callable[[Storage], list], *,
-                 name_prefix: str = "train", extra_files: list[str] = ()) -> dict[str, Any]:
+                 name_prefix: str = "train", extra_files: list[str] = (), callbacks: list = ()) -> dict[str, Any]:
     """Runs `loop` (a module-level function taking the config as a dict) on Ray Train and writes the manifest.
     `load_data(storage)` loads every set once on the driver, so that bad data fails before any worker starts,
-    and returns the rejected rows; `extra_files` (globs) are recorded in the manifest beside the data."""
+    and returns the rejected rows; `extra_files` (globs) are recorded in the manifest beside the data;
+    `callbacks` are Ray Train callbacks (a sweep's trial passes Tune's)."""
     config = config.model_copy(update={"storage": Storage(config.storage).resolved()})
     storage = Storage(config.storage)
     rejects = load_data(storage)
@@ -181,9 +182,10 @@ def run_training(config, loop: Callable[[dict], None], load_data: Callable[[Stor
         loop, train_loop_config=config.model_dump(mode="json"),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
-        run_config=RunConfig(name=name, **_run_storage(storage, config),
+        run_config=RunConfig(name=name, **ray_storage(storage, join(config.output, "checkpoints")),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=config.max_failures)))
+                             failure_config=FailureConfig(max_failures=config.max_failures),
+                             callbacks=list(callbacks)))
     result = trainer.fit()
     if result.error:
         raise result.error

@@ -433,3 +433,53 @@ class TuneIndexConfig(_Section):
     storage: StorageConfig = StorageConfig()
 
     _absolute_paths = field_validator("output", "run")(classmethod(lambda cls, v: absolute_location(v)))
+
+
+class SweepEvalConfig(_Section):
+    kind: Literal["lareqa", "miracl-yo"] = Field(
+        ..., description="lareqa: XQuAD-R / MLQA-R, mAP mono / cross / multi and language bias (xdr evaluate "
+        "lareqa); miracl-yo: nDCG@10, R@100, MRR@10.")
+    path: str = Field(..., description="The data folder (as `xdr evaluate` takes it).")
+    articles: tuple[int, int] | None = Field(
+        None, description="lareqa: only these articles (1-based, inclusive): those held out of training.")
+
+    _absolute_path = field_validator("path")(classmethod(lambda cls, v: absolute_location(v)))
+
+
+class SweepConfig(_Section):
+    """An experiment over encoder training settings (`xdr sweep`, `ray_jobs.sweep`): every setting of the
+    grid (or of `trials`) times every seed is one Ray Tune trial that trains (the train-encoder job on Ray
+    Train) and evaluates; the report compares the settings over seeds."""
+
+    output: str = Field(..., description="Experiment folder (local or s3://): trials/<name>/ (each trial's run "
+                        "and result.json), tune/ (Ray Tune's state), <name>.json, <name>.md, plots.")
+    name: str = Field("report", pattern=r"^[A-Za-z0-9._-]+$", description="The report's file names "
+                      "(<name>.json, <name>.md, <name>-*.png): sweeps that share an output folder share the trials "
+                      "they have in common (trained once) and keep a report each.")
+    base: str | None = Field(None, description="A train-encoder YAML every trial starts from (its `output` "
+                             "is replaced by the trial's folder).")
+    train: dict[str, Any] = Field({}, description="Train-encoder fields set on every trial, over `base` "
+                                  "(dotted keys for nested fields: `lora.rank`).")
+    grid: dict[str, list[Any]] = Field({}, description="Train-encoder fields (dotted keys) and their values: "
+                                       "every combination is a setting.")
+    trials: list[dict[str, Any]] = Field([], description="Settings listed one by one (train-encoder fields, "
+                                         "dotted keys) for values that go together (a LoRA rank and its lr); "
+                                         "with a grid, each is crossed with every combination of the grid.")
+    seeds: list[int] = Field([0], min_length=1, description="Each setting is trained once per seed.")
+    evaluation: SweepEvalConfig = Field(..., description="How every trial's best model is evaluated.")
+    max_concurrent_trials: int = Field(0, ge=0, description="Trials run at once; 0 = as many as the cluster's "
+                                       "resources allow (each: `cpus_per_trial` plus its Train workers).")
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs a trial holds for itself (it evaluates the "
+                                  "trained model), besides its Train workers' `cpus_per_worker`.")
+    max_failures: int = Field(1, ge=0, description="Retries of a failed trial before it is reported as failed.")
+    storage: StorageConfig = StorageConfig()
+
+    _absolute_output = field_validator("output", "base")(classmethod(lambda cls, v: absolute_location(v)))
+
+    @model_validator(mode="after")
+    def _has_settings(self):
+        if not self.grid and not self.trials:
+            raise ValueError("give `grid` or `trials`: the settings to compare")
+        if any("seed" in setting for setting in [self.grid, *self.trials]):
+            raise ValueError("seeds go in `seeds`, not in the grid or the trials")
+        return self

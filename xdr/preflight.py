@@ -127,6 +127,8 @@ def preflight(config) -> None:
             index = i if i < len(config.train) else i - len(config.train)
             check_input(f"{kind}[{index}].path", source.path, storage)
         check_output("output", config.output, storage)
+    elif isinstance(config, c.SweepConfig):
+        _check_sweep(config, storage)
     elif isinstance(config, c.TuneIndexConfig):
         for name in ("path", "corpus", "topics", "qrels"):
             value = getattr(config.eval, name)
@@ -137,3 +139,27 @@ def preflight(config) -> None:
         if config.encoder is not None:
             check_model("encoder.model", config.encoder.model, config.encoder.revision, storage)
         check_output("output", config.output, storage)
+
+
+def _check_sweep(config, storage: Storage) -> None:
+    """Every trial's training config (each distinct model and data set once), the evaluation data, the output."""
+    from xdr import sweep
+
+    if config.base and not storage.exists(config.base):
+        raise PreflightError("base", config.base, "no such file", "give a train-encoder YAML, or leave it out")
+    check_input("evaluation.path", config.evaluation.path, storage)
+    seen = set()
+    for trial in sweep.trials(config):
+        try:
+            train = sweep.trial_config(config, trial, storage)
+        except ValueError as err:
+            raise PreflightError(f"trial {trial.setting_name}", trial.setting, str(err).replace("\n", " "),
+                                 "fix the grid or the trials") from None
+        if train.model not in seen:
+            check_model(f"model (trial {trial.setting_name})", train.model, None, storage)
+            seen.add(train.model)
+        for source in [*train.train, *train.validation]:
+            if source.path not in seen:
+                check_input(f"train or validation path (trial {trial.setting_name})", source.path, storage)
+                seen.add(source.path)
+    check_output("output", config.output, storage)
