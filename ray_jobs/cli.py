@@ -107,6 +107,7 @@ def all_config_references() -> str:
         IndexBuildConfig,
         IndexingJobConfig,
         ServeConfig,
+        SweepConfig,
         TrainDataConfig,
         TrainEncoderConfig,
         TrainGeneratorConfig,
@@ -120,7 +121,8 @@ def all_config_references() -> str:
         ("Encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`)", TrainEncoderConfig),
         ("Generator training job (`xdr train-generator`, `ray_jobs.train_generator`)", TrainGeneratorConfig),
         ("Training data source (each item of `train` and `validation`)", TrainDataConfig),
-        ("Index tuning job (`xdr tune-index`, `ray_jobs.tune_index`)", TuneIndexConfig)))
+        ("Index tuning job (`xdr tune-index`, `ray_jobs.tune_index`)", TuneIndexConfig),
+        ("Training experiment (`xdr sweep`, `ray_jobs.sweep`)", SweepConfig)))
 
 
 def config_reference(model, prefix: str = "") -> str:

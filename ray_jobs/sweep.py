@@ -27,7 +27,7 @@ from ray_jobs import train_encoder
 from ray_jobs.common import run_job
 from ray_jobs.training import ray_storage
 from xdr import sweep as xsweep
-from xdr.config import SweepConfig
+from xdr.config import SweepConfig, TrainEncoderConfig
 from xdr.storage import Storage, join
 
 log = logging.getLogger("xdr.sweep")
@@ -37,15 +37,17 @@ def result_uri(sweep: SweepConfig, trial: xsweep.Trial) -> str:
     return join(xsweep.trial_folder(sweep, trial), "result.json")
 
 
-def trial_result(sweep: SweepConfig, trial: xsweep.Trial, callbacks: list = ()) -> dict[str, Any]:
-    """Train and evaluate one trial, or read its result when an earlier run finished it."""
+def trial_result(sweep: SweepConfig, trial: xsweep.Trial, config: TrainEncoderConfig,
+                 callbacks: list = ()) -> dict[str, Any]:
+    """Train and evaluate one trial, or read its result when an earlier run finished it. `config` is the
+    trial's training config as the driver resolved it (relative paths are the driver's: a Tune trial runs
+    in a folder of its own)."""
     from xdr.manifest import code_version
 
     storage = Storage(sweep.storage)
     uri = result_uri(sweep, trial)
     if storage.exists(uri):
         return json.loads(storage.read_bytes(uri))
-    config = xsweep.trial_config(sweep, trial, storage)
     manifest = train_encoder.run_training(config, callbacks=callbacks)
     metrics = xsweep.evaluate_model(sweep, config, manifest["model_folder"])
     training = {k: manifest[k] for k in ("run_name", "steps", "best_step", "best_val_loss", "val_losses",
@@ -62,9 +64,15 @@ def run_trial(params: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     sweep = SweepConfig.model_validate(params["sweep"])
-    trial = xsweep.Trial(**params["trial"])
-    result = trial_result(sweep, trial, callbacks=[TuneReportCallback()])
+    trial = xsweep.Trial(params["trial"]["name"], params["trial"]["setting"], params["trial"]["seed"])
+    config = TrainEncoderConfig.model_validate(params["trial"]["config"])
+    result = trial_result(sweep, trial, config, callbacks=[TuneReportCallback()])
     tune.report({f"eval_{m}": v["avg"] for m, v in result["metrics"].items()} | {"finished": True})
+
+
+def _trial_folder_name(trial) -> str:
+    """Tune's folder of a trial: the trial's own name (Tune's default spells out the whole config)."""
+    return trial.config["trial"]["name"]
 
 
 def run_sweep(sweep: SweepConfig) -> dict[str, Any]:
@@ -89,10 +97,13 @@ def run_sweep(sweep: SweepConfig) -> dict[str, Any]:
                                    resume_errored=True, storage_filesystem=fs)
     else:
         space = {"sweep": sweep.model_dump(mode="json"),
-                 "trial": tune.grid_search([{"name": t.name, "setting": t.setting, "seed": t.seed} for t in planned])}
+                 "trial": tune.grid_search([{"name": t.name, "setting": t.setting, "seed": t.seed,
+                                             "config": xsweep.trial_config(sweep, t, storage).model_dump(mode="json")}
+                                            for t in planned])}
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent_trials or None),
+            tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent_trials or None,
+                                        trial_dirname_creator=_trial_folder_name),
             run_config=tune.RunConfig(name=name, failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                       verbose=0, **storage_kw))
     grid = tuner.fit()

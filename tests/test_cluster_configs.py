@@ -73,6 +73,25 @@ def test_job_configs_parse():
     assert (xqg.lr, xqg.batch_size, xqg.steps, xqg.warmup_steps) == (1e-4, 128, 2000, 0)  # METHOD.md section 1
 
 
+def test_sweep_configs_parse_and_every_trial_is_a_valid_training_config(monkeypatch):
+    from xdr import sweep
+    from xdr.config import SweepConfig
+
+    monkeypatch.chdir(REPO)  # the configs name their base and data relative to the repository root
+    found = sorted((REPO / "configs").glob("sweep_*.yaml"))
+    assert len(found) >= 4
+    for path in found:
+        config = SweepConfig.model_validate(yaml.safe_load(path.read_text()))
+        trials = sweep.trials(config)
+        assert len({t.name for t in trials}) == len(trials)
+        for trial in trials:
+            sweep.trial_config(config, trial)  # raises on a field the train-encoder job does not have
+    alpha, kinds = (SweepConfig.model_validate(yaml.safe_load((REPO / "configs" / f"sweep_{n}_xquad.yaml").read_text()))
+                    for n in ("alpha", "batch_kinds"))
+    assert {t.name for t in sweep.trials(kinds)} <= {t.name for t in sweep.trials(alpha)}  # trained once for both
+    assert alpha.output == kinds.output
+
+
 def test_cluster_image_is_in_step_with_pyproject_and_setup():
     """The Dockerfile's Ray is the Ray pyproject pins (a client must match the cluster exactly), its Python
     is one pyproject allows and the CI machine runs, and its torch is the one scripts/setup.sh installs."""

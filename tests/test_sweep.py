@@ -103,7 +103,8 @@ def _tiny_sweep(tmp_path, tiny_models) -> dict:
     return {"output": str(tmp_path / "sweep"), "evaluation": EVAL, "max_concurrent_trials": 2,
             "cpus_per_trial": 0.5, "seeds": [0, 1], "grid": {"batch_kind": ["xx_mono", "hybrid"]},
             "train": {"model": str(tiny_models["encoder"]), "pooling": "mean", "normalize": True,
-                      "train": [{"kind": "xquad", "path": str(SHARED_DATA / "xquad"), "articles": [1, 1],
+                      # relative to the driver's folder (the repository), as in configs/: a trial runs elsewhere
+                      "train": [{"kind": "xquad", "path": "../shared/data/xquad", "articles": [1, 1],
                                  "languages": languages}],
                       "validation": [{"kind": "xquad", "path": str(SHARED_DATA / "xquad"), "articles": [29, 29],
                                       "languages": languages}],
