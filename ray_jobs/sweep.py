@@ -5,8 +5,8 @@
 
 Every trial (a setting and a seed, xdr.sweep) is a Tune function trainable that runs the train-encoder job
 (Ray Train, its own workers; Tune's TuneReportCallback carries the training metrics to the trial) and then the
-sweep's evaluation of the best model, and writes <output>/trials/<name>/result.json. Trials run at once as
-the cluster's resources allow (each holds `cpus_per_trial` for itself plus its Train workers), or
+sweep's evaluation of the best model, and writes <output>/trials/<name>/result.json. As many trials run at
+once as the cluster holds with their Train workers (each: `cpus_per_trial` plus its workers), or
 `max_concurrent_trials`.
 
 Resuming: rerunning the same command restores Tune's experiment (Tuner.restore) and never trains a trial
@@ -70,6 +70,27 @@ def run_trial(params: dict) -> None:
     tune.report({f"eval_{m}": v["avg"] for m, v in result["metrics"].items()} | {"finished": True})
 
 
+def concurrent_trials(sweep: SweepConfig, planned: list[xsweep.Trial], storage: Storage) -> int:
+    """`max_concurrent_trials`, or as many trials as the cluster holds now with their Train workers. Tune
+    alone would start a trial for every free `cpus_per_trial` and leave their workers no CPU (a deadlock)."""
+    import math
+
+    import ray
+
+    if sweep.max_concurrent_trials:
+        return sweep.max_concurrent_trials
+    configs = [xsweep.trial_config(sweep, t, storage) for t in planned]
+    cpus = sweep.cpus_per_trial + max(c.num_workers * c.cpus_per_worker for c in configs)  # the largest trial
+    gpus = max(c.num_workers if c.use_gpu else 0 for c in configs)
+    available = ray.cluster_resources()
+    fits = math.floor(available.get("CPU", 0) / cpus + 1e-9)
+    if gpus:
+        fits = min(fits, math.floor(available.get("GPU", 0) / gpus + 1e-9))
+    log.info("sweep: %d trials at once (each up to %.2g CPUs and %d GPUs; the cluster has %s CPUs, %s GPUs)",
+             max(fits, 1), cpus, gpus, available.get("CPU", 0), available.get("GPU", 0))
+    return max(fits, 1)
+
+
 def _trial_folder_name(trial) -> str:
     """Tune's folder of a trial: the trial's own name (Tune's default spells out the whole config)."""
     return trial.config["trial"]["name"]
@@ -102,7 +123,7 @@ def run_sweep(sweep: SweepConfig) -> dict[str, Any]:
                                             for t in planned])}
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent_trials or None,
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_trials(sweep, planned, storage),
                                         trial_dirname_creator=_trial_folder_name),
             run_config=tune.RunConfig(name=name, failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                       verbose=0, **storage_kw))

@@ -467,8 +467,9 @@ class SweepConfig(_Section):
                                          "with a grid, each is crossed with every combination of the grid.")
     seeds: list[int] = Field([0], min_length=1, description="Each setting is trained once per seed.")
     evaluation: SweepEvalConfig = Field(..., description="How every trial's best model is evaluated.")
-    max_concurrent_trials: int = Field(0, ge=0, description="Trials run at once; 0 = as many as the cluster's "
-                                       "resources allow (each: `cpus_per_trial` plus its Train workers).")
+    max_concurrent_trials: int = Field(0, ge=0, description="Trials run at once; 0 = as many as the cluster "
+                                       "holds when the sweep starts (each: `cpus_per_trial` plus its Train "
+                                       "workers' CPUs and GPUs); set it on an autoscaling cluster.")
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs a trial holds for itself (it evaluates the "
                                   "trained model), besides its Train workers' `cpus_per_worker`.")
     max_failures: int = Field(1, ge=0, description="Retries of a failed trial before it is reported as failed.")
