@@ -69,7 +69,8 @@ def _result(trial, mono: dict, bias: float) -> dict:
 
 
 def test_the_report_means_sds_and_paired_tests_match_numbers_computed_here(tmp_path):
-    sweep = _sweep(tmp_path, grid={"batch_kind": ["xx_mono", "hybrid"]}, seeds=[0, 1])
+    sweep = _sweep(tmp_path, grid={"batch_kind": ["xx_mono", "hybrid"]}, seeds=[0, 1],
+                   evaluation=EVAL | {"language_groups": {"seen": ["de", "en"], "unseen": ["fi"]}})
     a0, a1, b0, b1 = xsweep.trials(sweep)
     scores = [(a0, {"de": 0.2, "en": 0.4, "fi": 0.3}), (a1, {"de": 0.4, "en": 0.2, "fi": 0.5}),
               (b0, {"de": 0.5, "en": 0.5, "fi": 0.2}), (b1, {"de": 0.5, "en": 0.3, "fi": 0.6})]
@@ -83,6 +84,8 @@ def test_the_report_means_sds_and_paired_tests_match_numbers_computed_here(tmp_p
     expected = stats.ttest_rel([0.5, 0.4, 0.4], [0.3, 0.3, 0.4])  # hybrid vs xx_mono over de, en, fi
     assert test["over"] == "languages" and test["p"] == pytest.approx(expected.pvalue)
     assert test["diff"] == pytest.approx((0.2 + 0.1 + 0.0) / 3)
+    assert summary["language_groups"]["batch_kind=hybrid"]["seen"]["mono"] == pytest.approx((0.5 + 0.4) / 2)
+    assert summary["language_groups"]["batch_kind=xx_mono"]["unseen"]["mono"] == pytest.approx(0.4)
     md = xsweep.markdown(sweep, summary, "xdr sweep --config x.yaml")
     assert "| batch_kind=hybrid | 0.4333 ± 0.0471 |" in md and "| 2 | 7 |" in md and "xdr sweep --config x.yaml" in md
 

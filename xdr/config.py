@@ -442,6 +442,9 @@ class SweepEvalConfig(_Section):
     path: str = Field(..., description="The data folder (as `xdr evaluate` takes it).")
     articles: tuple[int, int] | None = Field(
         None, description="lareqa: only these articles (1-based, inclusive): those held out of training.")
+    language_groups: dict[str, list[str]] = Field(
+        {}, description="lareqa: named groups of query languages (e.g. seen / unseen in training); the report "
+        "adds each group's mean of the per-language figures.")
 
     _absolute_path = field_validator("path")(classmethod(lambda cls, v: absolute_location(v)))
 

@@ -126,6 +126,8 @@ def preflight(config) -> None:
             kind = "train" if i < len(config.train) else "validation"
             index = i if i < len(config.train) else i - len(config.train)
             check_input(f"{kind}[{index}].path", source.path, storage)
+        for pattern in getattr(config, "code_switch", None) and config.code_switch.dictionaries or []:
+            check_input("code_switch.dictionaries", pattern, storage)
         check_output("output", config.output, storage)
     elif isinstance(config, c.SweepConfig):
         _check_sweep(config, storage)
@@ -158,8 +160,11 @@ def _check_sweep(config, storage: Storage) -> None:
         if train.model not in seen:
             check_model(f"model (trial {trial.setting_name})", train.model, None, storage)
             seen.add(train.model)
-        for source in [*train.train, *train.validation]:
-            if source.path not in seen:
-                check_input(f"train or validation path (trial {trial.setting_name})", source.path, storage)
-                seen.add(source.path)
+        inputs = [("train or validation path", s.path) for s in [*train.train, *train.validation]]
+        inputs += [("code_switch.dictionaries", p) for p in (train.code_switch.dictionaries if train.code_switch
+                                                             else [])]
+        for field, pattern in inputs:
+            if pattern not in seen:
+                check_input(f"{field} (trial {trial.setting_name})", pattern, storage)
+                seen.add(pattern)
     check_output("output", config.output, storage)

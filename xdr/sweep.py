@@ -130,7 +130,11 @@ def summarise(sweep: SweepConfig, results: dict[str, dict]) -> dict[str, Any]:
         for b in names[i + 1:]:
             tests[f"{b} vs {a}"] = {m: _paired(per_language, by_setting, a, b, m, comparisons, paired_t_test)
                                     for m in metrics}
+    groups = {name: {group: {m: float(np.mean([values[m][x] for x in members])) for m in metrics}
+                     for group, members in sweep.evaluation.language_groups.items()}
+              for name, values in per_language.items()}
     return {"metrics": list(metrics), "table": table, "per_language": per_language, "paired_tests": tests,
+            "language_groups": groups,
             "settings": {name: dict(next(t.setting for t in trials(sweep) if t.setting_name == name))
                          for name in names}}
 
@@ -173,6 +177,11 @@ def markdown(sweep: SweepConfig, summary: dict, command: str) -> str:
                   "| comparison | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
         for name, row in summary["paired_tests"].items():
             lines.append(f"| {name} | " + " | ".join(_p_cell(row[m]) for m in metrics) + " |")
+    for group, members in sweep.evaluation.language_groups.items():
+        lines += ["", f"Query languages {group} ({', '.join(members)}): mean of the per-language figures", "",
+                  "| setting | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+        for name, values in summary["language_groups"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{values[group][m]:.4f}" for m in metrics) + " |")
     first = metrics[0]
     languages = sorted({x for v in summary["per_language"].values() for x in v[first]})
     if len(languages) > 1:
