@@ -7,8 +7,8 @@
    stages' `run_part` at the paper's recipe (7 languages x 5 queries = 35 queries a passage) with the
    stand-in models, minus the stand-in models' own time on the same inputs = the stages' non-model CPU
    cost (Parquet reads and writes, query rows, fusion).
-2. From the scale run (largest size): validation and index-build CPU seconds per passage, bytes per passage
-   of every output, the process kinds' peak memory.
+2. From the scale run (largest size): validation CPU seconds per passage (the validation tasks' measured
+   CPU time), index-build CPU seconds per passage, bytes per passage of every output.
 3. GPU rates: the predictions in docs/BENCHMARKS.md (bench_gpu.py, not yet measured on a GPU): mT5-base
    generation 400 passages/s (x 35 queries) and mBERT encoding 15,000 passages/s and 50,000 queries/s per
    H100. Everything derived from them is a prediction.
@@ -76,12 +76,25 @@ def non_model_cost(passages: int = 10_000) -> dict:
             "non_model_s_per_passage": (generate_s - stand_in_generate_s + embed_s - stand_in_encode_s) / passages}
 
 
+VALIDATION_TASKS = ("validate_unit", "find_duplicates", "cut_unit", "assemble_part")
+
+
+def validation_cpu_s(row: dict) -> float:
+    """The validation tasks' CPU seconds, as the process sampler measured them in the attempt that validated
+    (the first one, for a size that was killed and rerun); without them, its wall time on both CPUs (an upper
+    bound: the CPUs are not busy all the time)."""
+    for attempt in (row.get("resume", {}).get("first_attempt", {}), row["index_job"]):
+        measured = [attempt.get("cpu_s", {}).get(task) for task in VALIDATION_TASKS]
+        if all(v is not None for v in measured):
+            return sum(measured)
+    wall = row.get("resume", {}).get("first_attempt_validation_s") or row["index_job"]["timings"]["prepare_s"]
+    return wall * 2
+
+
 def project(scale: dict, cost: dict) -> dict:
     big = max((r for r in scale["sizes"] if "build" in r), key=lambda r: r["passages"])
     n = big["passages"]
-    job = big["index_job"]
-    validation_s = big.get("resume", {}).get("first_attempt_validation_s") or job["timings"]["prepare_s"]
-    validate_cpu = validation_s * 2 / n  # both CPUs busy during validation
+    validate_cpu = validation_cpu_s(big) / n
     build_cpu = sum(v for k, v in big["build"]["cpu_s"].items() if k in ("_train", "add_part", "merge_shard")) / n
     gpu_s_per_passage = (1 / GPU_GENERATE_PASSAGES_PER_S + 1 / GPU_ENCODE_PASSAGES_PER_S
                          + QUERIES_PER_PASSAGE / GPU_ENCODE_QUERIES_PER_S)
@@ -118,8 +131,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=Path, required=True, help="bench_scale.py's JSON")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--stage-passages", type=int, default=10_000, help="passages of the stage-cost part")
+    parser.add_argument("--stage-cost-from", type=Path, default=None,
+                        help="reuse the stage cost of an earlier sizing JSON instead of measuring it again")
     args = parser.parse_args()
-    cost = non_model_cost()
+    cost = (json.loads(args.stage_cost_from.read_text())["stage_cost"] if args.stage_cost_from
+            else non_model_cost(args.stage_passages))
     result = {"stage_cost": cost, **project(json.loads(args.scale.read_text()), cost)}
     print(json.dumps(result, indent=1))
     if args.json:

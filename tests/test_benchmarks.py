@@ -55,3 +55,24 @@ def test_scale_benchmark_runs_the_whole_path_in_tiny_mode(tmp_path):
     assert size["index_job"]["counts"]["validation_resumed"] is True
     assert size["serve"]["clients_8"]["questions"] == 40 and size["serve"]["clients_1"]["p50_ms"] > 0
     assert size["build"]["vectors"] == 20_000 and "| 20,000 |" in done.stdout
+
+
+def test_plot_and_sizing_scripts_run_on_the_recorded_scale_json(tmp_path):
+    """The commands docs/BENCHMARKS.md gives after a scale run, on its recorded JSON."""
+    scale = REPO / "docs" / "bench-scale-2026-11-30.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "plot_scale.py"), str(scale),
+                           str(tmp_path / "scale.png")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "scale.png").stat().st_size > 10_000
+    assert "| stage | 1,000,000 | 4,500,000 | 18,000,000 |" in done.stdout
+    out = tmp_path / "sizing.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sizing.py"), "--scale", str(scale),
+                           "--stage-passages", "300", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sizing = json.loads(out.read_text())
+    big = max(json.loads(scale.read_text())["sizes"], key=lambda r: r["passages"])
+    tasks = big["resume"]["first_attempt"]["cpu_s"]  # the validation tasks' CPU seconds, added up here
+    expected = sum(tasks[t] for t in ("validate_unit", "find_duplicates", "cut_unit", "assemble_part")) / 18e6
+    assert sizing["validation_cpu_s_per_passage"] == pytest.approx(expected)
+    assert sizing["plan"]["1000000000"]["validation_cpu_hours"] == pytest.approx(1e9 * expected / 3600, abs=0.05)
+    assert sizing["stage_cost"]["passages"] == 300 and sizing["stage_cost"]["queries"] == 300 * 35
