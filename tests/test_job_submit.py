@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_config
+from tests.conftest import REPO, make_config, session_processes
 from tests.s3_server import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -49,12 +49,14 @@ def ray_head(tmp_path):
                 time.sleep(0.5)
         yield address, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops the node's processes on SIGTERM
+        os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops the node's processes on SIGTERM...
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # ...taking half a minute on 2 cores: nothing here needs it graceful
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for leftover in session_processes(proc.pid):
+            leftover.kill()
         log.close()
 
 
