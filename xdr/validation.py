@@ -307,6 +307,7 @@ def cut_unit(storage: Storage, config: CorpusConfig, run_uri: str, cut: UnitCut,
         _read_group(storage, duplicates_uri(run_uri, p), counts, cut.unit.index)
         for p, counts in duplicates_in.items()])
     dup_reason = dict(zip(duplicates["row"].to_pylist(), duplicates["reason"].to_pylist()))
+    dup_rows = np.array(sorted(dup_reason), dtype=np.int64)
     ppp = config.passages_per_part
     pieces: dict[int, list[tuple[pa.Table, pa.Table]]] = {}
     written: list[PartInfo] = []
@@ -325,12 +326,12 @@ def cut_unit(storage: Storage, config: CorpusConfig, run_uri: str, cut: UnitCut,
 
     for batch in _iter_batches(storage, staged_uri(run_uri, cut.unit.index)):
         rows = pa.Table.from_batches([batch])
-        hits = [(i, dup_reason[row0 + i]) for i in range(rows.num_rows) if row0 + i in dup_reason] \
-            if dup_reason else []
-        if hits:
+        # this batch's duplicate rows: a slice of the sorted row numbers, not a lookup per row
+        hits = dup_rows[np.searchsorted(dup_rows, row0):np.searchsorted(dup_rows, row0 + rows.num_rows)]
+        if len(hits):
             reasons = rows["reason"].to_pylist()
-            for i, reason in hits:
-                reasons[i] = reason
+            for row in hits.tolist():
+                reasons[row - row0] = dup_reason[row]
             rows = rows.set_column(rows.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
         valid = pc.is_null(rows["reason"]).to_numpy(zero_copy_only=False)
         before = valid_before + np.cumsum(valid) - valid  # valid passages before each row
