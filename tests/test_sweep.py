@@ -160,7 +160,7 @@ def test_a_tiny_sweep_killed_and_rerun_trains_only_the_unfinished_trials_and_equ
         in_sweep = json.loads((tmp_path / "sweep" / "trials" / trial.name / "result.json").read_text())
         alone = xsweep.trial_config(sweep, trial).model_copy(update={"output": str(tmp_path / "alone" / trial.name)})
         manifest = train_encoder.run_training(alone)
-        assert manifest["val_losses"] == pytest.approx(in_sweep["training"]["val_losses"], abs=1e-5)
+        assert np.array(manifest["val_losses"]) == pytest.approx(np.array(in_sweep["training"]["val_losses"]), abs=1e-5)
         # evaluated as a trial is: in a Ray worker holding half a CPU (one thread; the tiny model's near-ties
         # would otherwise rank differently under another thread count's float sums)
         figures = ray.get(ray.remote(xsweep.evaluate_model).options(num_cpus=0.5).remote(
