@@ -25,11 +25,10 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from xdr.config import RUN_NEUTRAL
 from xdr.storage import Storage, is_s3, join
 
 log = logging.getLogger("xdr.train")
-# settings that change no result: a rerun with other values resumes the same run
-_RUN_NEUTRAL = {"num_workers", "use_gpu", "cpus_per_worker", "max_failures", "report_every", "storage"}
 
 
 @dataclass
@@ -62,7 +61,7 @@ def load_source(storage: Storage, source) -> tuple[Any, list]:
 
 
 def run_name(config, prefix: str = "train") -> str:
-    digest = hashlib.sha256(config.model_dump_json(exclude=_RUN_NEUTRAL).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(config.model_dump_json(exclude=set(RUN_NEUTRAL)).encode()).hexdigest()[:12]
     return f"{prefix}-{digest}"
 
 

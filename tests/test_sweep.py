@@ -23,7 +23,8 @@ EVAL = {"kind": "lareqa", "path": str(SHARED_DATA / "xquad-r"), "articles": [33,
 
 
 def _sweep(tmp_path, **fields) -> SweepConfig:
-    return SweepConfig.model_validate({"output": str(tmp_path / "sweep"), "evaluation": EVAL, **fields})
+    data = {"train": [{"kind": "xquad", "path": str(SHARED_DATA / "xquad")}]}
+    return SweepConfig.model_validate({"output": str(tmp_path / "sweep"), "evaluation": EVAL, "train": data, **fields})
 
 
 def test_trials_are_the_grid_crossed_with_the_listed_settings_each_once_per_seed(tmp_path):
@@ -40,6 +41,11 @@ def test_trials_are_the_grid_crossed_with_the_listed_settings_each_once_per_seed
     assert xsweep.settings(alone) == [{"batch_kind": "xy"}, {"batch_kind": "hybrid", "alpha": 0.5}]
     reordered = _sweep(tmp_path, trials=[{"alpha": 0.5, "batch_kind": "hybrid"}])
     assert xsweep.trials(reordered)[0].name == xsweep.trials(alone)[1].name  # shared by sweeps in one folder
+    data = {"train": [{"kind": "xquad", "path": str(SHARED_DATA / "xquad")}]}
+    longer = _sweep(tmp_path, trials=[{"batch_kind": "xy"}], train=data | {"steps": 500})
+    assert xsweep.trials(longer)[0].name != xsweep.trials(alone)[0].name  # trained otherwise: not the same trial
+    more_workers = _sweep(tmp_path, trials=[{"batch_kind": "xy"}], train=data | {"num_workers": 4})
+    assert xsweep.trials(more_workers)[0].name == xsweep.trials(alone)[0].name  # changes no result
 
 
 def test_a_trial_config_is_base_then_train_then_setting_with_nested_fields(tmp_path):

@@ -285,6 +285,11 @@ class CodeSwitchSettings(_Section):
         classmethod(lambda cls, v: [absolute_location(x) for x in v]))
 
 
+# training settings that change no result: a rerun with other values resumes the same run (and a sweep's
+# trial keeps its name)
+RUN_NEUTRAL = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "report_every", "storage")
+
+
 class _TrainJob(_Section):
     """What the training jobs share: data, schedule, validation, checkpoints, LoRA, workers."""
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from xdr.config import SweepConfig, TrainEncoderConfig, apply_overrides
+from xdr.config import RUN_NEUTRAL, SweepConfig, TrainEncoderConfig, apply_overrides
 from xdr.storage import Storage, join
 
 METRICS = {"lareqa": ("mono", "cross", "multi", "language_bias"), "miracl-yo": ("nDCG@10", "R@100", "MRR@10")}
@@ -60,13 +60,28 @@ def settings(sweep: SweepConfig) -> list[dict[str, Any]]:
     return unique
 
 
-def trials(sweep: SweepConfig) -> list[Trial]:
-    return [Trial(trial_name(setting, seed), setting, seed) for setting in settings(sweep) for seed in sweep.seeds]
+def trials(sweep: SweepConfig, storage: Storage | None = None) -> list[Trial]:
+    storage = storage or Storage(sweep.storage)
+    found = []
+    for setting in settings(sweep):
+        for seed in sweep.seeds:
+            config = _training_config(sweep, setting, seed, ".", storage)
+            found.append(Trial(trial_name(setting, seed, fingerprint(config, sweep)), setting, seed))
+    return found
 
 
-def trial_name(setting: dict[str, Any], seed: int) -> str:
-    """Readable and stable: the setting's values, cut short, and a digest of the whole setting and seed."""
-    text = json.dumps({"setting": setting, "seed": seed}, sort_keys=True)
+def fingerprint(config: TrainEncoderConfig, sweep: SweepConfig) -> str:
+    """What a trial's figures depend on: its training config (not where it is written, nor the settings that
+    change no result) and the evaluation. A sweep rerun with other `train` or `base` values gets new trials
+    instead of reading results trained otherwise."""
+    exclude = {"output", *RUN_NEUTRAL}
+    return config.model_dump_json(exclude=exclude) + sweep.evaluation.model_dump_json()
+
+
+def trial_name(setting: dict[str, Any], seed: int, config_fingerprint: str = "") -> str:
+    """Readable and stable: the setting's values, cut short, and a digest of the setting, the seed and the
+    fingerprint of everything else the trial's figures depend on."""
+    text = json.dumps({"setting": setting, "seed": seed, "config": config_fingerprint}, sort_keys=True)
     ordered = dict(sorted(setting.items()))  # the same setting written in another order is the same trial
     slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", f"{setting_name(ordered)}_seed={seed}")[:80].strip("_")
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
@@ -78,11 +93,15 @@ def trial_folder(sweep: SweepConfig, trial: Trial) -> str:
 
 def trial_config(sweep: SweepConfig, trial: Trial, storage: Storage | None = None) -> TrainEncoderConfig:
     """The train-encoder config of one trial: `base`, then `train`, then the setting, the seed, the folder."""
-    storage = storage or Storage(sweep.storage)
+    return _training_config(sweep, trial.setting, trial.seed, trial_folder(sweep, trial),
+                            storage or Storage(sweep.storage))
+
+
+def _training_config(sweep: SweepConfig, setting: dict, seed: int, output: str, storage: Storage) -> TrainEncoderConfig:
     data: dict[str, Any] = {}
     if sweep.base:
         data = yaml.safe_load(storage.read_bytes(sweep.base)) or {}
-    overrides = {**sweep.train, **trial.setting, "seed": trial.seed, "output": trial_folder(sweep, trial)}
+    overrides = {**sweep.train, **setting, "seed": seed, "output": output}
     data = apply_overrides(data, [f"{k}={_short(v)}" for k, v in overrides.items()])
     data.setdefault("storage", sweep.storage.model_dump(mode="json"))
     return TrainEncoderConfig.model_validate(data)
