@@ -175,3 +175,20 @@ def test_a_cached_hub_model_loads_from_its_snapshot_without_a_request(silent_hub
                                       HF_HUB_CACHE=str(tmp_path / "hub"))
     assert said == str(repo / "snapshots" / commit)
     assert seconds < 10  # far below the 30 s the silent Hub would cost if it were asked
+
+
+def test_sweep(capsys, setup, tmp_path):
+    import yaml
+
+    s = setup
+    sweep = {"output": str(s["out"]), "train": {"train": [{"kind": "triplets", "path": str(s["train"])}]},
+             "grid": {"model": [str(s["encoder"]), "no-org/no-such-model"]},
+             "evaluation": {"kind": "lareqa", "path": str(tmp_path / "no-data")}}
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(sweep))
+    _fails(capsys, ["sweep", f"--config={config}"], "evaluation.path")
+    from tests.conftest import SHARED_DATA
+
+    config.write_text(yaml.safe_dump(sweep | {"evaluation": {"kind": "lareqa", "path": str(SHARED_DATA / "xquad-r")}}))
+    err = _fails(capsys, ["sweep", f"--config={config}"], "model (trial model=no-org/no-such-model)")
+    assert "HF_HUB_OFFLINE" in err
