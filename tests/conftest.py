@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,12 @@ def session_processes(sid: int) -> list:
         except (ProcessLookupError, psutil.Error):
             pass
     return found
+
+
+def processes_left(sid: int, within_s: float = 10.0) -> list:
+    """The session's processes still alive after `within_s` seconds (Ray's workers exit a moment after the
+    driver that stopped them)."""
+    deadline = time.monotonic() + within_s
+    while (left := session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left

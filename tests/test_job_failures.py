@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ray_jobs.common import free_port
-from tests.conftest import REPO, session_processes
+from tests.conftest import REPO, processes_left, session_processes
 
 JOB_ENV = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
 
@@ -60,8 +60,7 @@ def test_sigterm_stops_the_job_and_its_ray(tmp_path, tiny_models):
         proc.wait(timeout=15)
         assert time.monotonic() - stopped < 15
         assert proc.returncode == 130 and "stopped (SIGTERM)" in proc.stderr.read()
-        time.sleep(2)
-        left = session_processes(proc.pid)
+        left = processes_left(proc.pid)
         assert not left, f"processes of the stopped job survive: {[p.cmdline()[:1] for p in left]}"
     finally:
         try:
@@ -134,8 +133,7 @@ def test_sigterm_mid_run_stops_each_job_and_its_ray_within_seconds(job, tmp_path
         said = out.read_text()
         assert proc.returncode == 130 and "stopped (SIGTERM)" in said, said[-3000:]
         assert "Traceback" not in said, said[-3000:]
-        time.sleep(2)
-        left = session_processes(proc.pid)
+        left = processes_left(proc.pid)
         assert not left, f"processes of the stopped {job} survive: {[p.cmdline()[:3] for p in left]}"
     finally:
         try:

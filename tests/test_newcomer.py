@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, session_processes
+from tests.conftest import REPO, processes_left
 
 XDR = str(Path(sys.executable).parent / "xdr")
 
@@ -78,8 +78,7 @@ def test_the_readme_commands_work_as_written(tmp_path):
         try:
             server.wait(timeout=90)
             assert time.monotonic() - stopped < 15
-            time.sleep(2)
-            assert not session_processes(server.pid), "Ray processes of the stopped endpoint survive"
+            assert not processes_left(server.pid), "Ray processes of the stopped endpoint survive"
         finally:
             try:
                 os.killpg(server.pid, signal.SIGKILL)  # whatever Ray processes outlived it
