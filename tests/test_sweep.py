@@ -123,6 +123,7 @@ def _tiny_sweep(tmp_path, tiny_models) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # about 4 minutes on the CI machine: 8 short trainings, 3 local Rays
 def test_a_tiny_sweep_killed_and_rerun_trains_only_the_unfinished_trials_and_equals_trials_run_alone(
         tmp_path, tiny_models, ray_local):
     import ray
