@@ -209,9 +209,10 @@ def _serve(argv: list[str]) -> None:
     except Exception as err:  # noqa: BLE001 -- reported as every job reports a failure
         fail(err, log_file)
     finally:
-        serve.shutdown()
         if ours:
-            ray.shutdown()  # a local Ray this command started stops with it
+            ray.shutdown()  # a local Ray this command started stops with it, the application in it at once
+        else:
+            serve.shutdown()  # on a cluster, take the application down gracefully
 
 
 def _search(argv: list[str]) -> None:
