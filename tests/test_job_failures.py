@@ -21,6 +21,20 @@ def _corpus(path, n=400):
     return path
 
 
+def _stop_with_sigterm(proc: subprocess.Popen, output) -> str:
+    """SIGTERM to a running job's driver: it exits with 130 within 15 s, says so, and leaves no process of its
+    session behind. Returns what it printed (`output()`, read once it has exited)."""
+    proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    proc.wait(timeout=15)
+    assert time.monotonic() - stopped < 15
+    said = output()
+    assert proc.returncode == 130 and "stopped (SIGTERM)" in said, said[-3000:]
+    left = processes_left(proc.pid)
+    assert not left, f"processes of the stopped job survive: {[p.cmdline()[:3] for p in left]}"
+    return said
+
+
 @pytest.mark.slow
 def test_a_corrupt_model_fails_the_job_with_the_loaders_message(tmp_path, tiny_models):
     broken = tmp_path / "broken-encoder"
@@ -55,13 +69,7 @@ def test_sigterm_stops_the_job_and_its_ray(tmp_path, tiny_models):
             assert proc.poll() is None and time.monotonic() < deadline, "the job never started its pipeline"
             time.sleep(0.2)
         assert len(session_processes(proc.pid)) > 3  # the driver and its local Ray
-        proc.send_signal(signal.SIGTERM)
-        stopped = time.monotonic()
-        proc.wait(timeout=15)
-        assert time.monotonic() - stopped < 15
-        assert proc.returncode == 130 and "stopped (SIGTERM)" in proc.stderr.read()
-        left = processes_left(proc.pid)
-        assert not left, f"processes of the stopped job survive: {[p.cmdline()[:1] for p in left]}"
+        _stop_with_sigterm(proc, proc.stderr.read)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -126,15 +134,8 @@ def test_sigterm_mid_run_stops_each_job_and_its_ray_within_seconds(job, tmp_path
             time.sleep(0.2)
         time.sleep(3)  # into the work: workers, tasks or replicas are running
         assert proc.poll() is None, f"{job} finished before it was stopped; give it more work"
-        proc.send_signal(signal.SIGTERM)
-        stopped = time.monotonic()
-        proc.wait(timeout=15)
-        assert time.monotonic() - stopped < 15
-        said = out.read_text()
-        assert proc.returncode == 130 and "stopped (SIGTERM)" in said, said[-3000:]
+        said = _stop_with_sigterm(proc, out.read_text)
         assert "Traceback" not in said, said[-3000:]
-        left = processes_left(proc.pid)
-        assert not left, f"processes of the stopped {job} survive: {[p.cmdline()[:3] for p in left]}"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
