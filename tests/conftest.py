@@ -98,3 +98,23 @@ def processes_left(sid: int, within_s: float = 10.0) -> list:
     while (left := session_processes(sid)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
+
+
+def run_and_sigkill_when(argv: list[str], env: dict, ready, deadline_s: float, waiting_for: str) -> None:
+    """Start a job's driver in its own session, wait until `ready()`, then SIGKILL the driver and the local
+    Ray it started (a driver that dies mid-run)."""
+    import signal
+    import subprocess
+
+    driver = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + deadline_s
+        while not ready():
+            assert driver.poll() is None and time.monotonic() < deadline, f"no {waiting_for} before the deadline"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        for leftover in processes_left(driver.pid, within_s=1.0):  # any process of the session outside its group
+            leftover.kill()

@@ -5,17 +5,15 @@ evaluated on its own."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import yaml
 from scipy import stats
 
-from tests.conftest import REPO, SHARED_DATA, session_processes
+from tests.conftest import REPO, SHARED_DATA, run_and_sigkill_when
 from xdr import sweep as xsweep
 from xdr.config import SweepConfig
 
@@ -137,19 +135,7 @@ def test_a_tiny_sweep_killed_and_rerun_trains_only_the_unfinished_trials_and_equ
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDR_LOG_DIR": str(tmp_path / "logs"), "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
     argv = [sys.executable, "-m", "ray_jobs.sweep", "--config", str(config_file), "--address", "local"]
-    first = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 400
-        while not any(r.exists() for r in results):
-            assert first.poll() is None and time.monotonic() < deadline, "no trial finished before the deadline"
-            time.sleep(0.2)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray, mid-sweep
-        first.wait()
-    time.sleep(1)
-    for proc in session_processes(first.pid):
-        proc.kill()
+    run_and_sigkill_when(argv, env, lambda: any(r.exists() for r in results), 400, "finished trial")  # mid-sweep
     finished = {r: r.read_bytes() for r in results if r.exists()}
     assert 1 <= len(finished) < len(results), "the sweep must be killed mid-way"
     trained_before = {r: (r.parent / "manifest.json").stat().st_mtime_ns for r in finished}

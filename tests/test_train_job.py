@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_and_sigkill_when
 from xdr.config import EncoderConfig, TrainEncoderConfig
 from xdr.encoder import make_encoder
 from xdr.storage import Storage
@@ -199,16 +199,7 @@ def test_the_driver_killed_and_rerun_resumes_without_redoing_checkpointed_steps(
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDR_LOG_DIR": str(tmp_path / "logs")}
     env.pop("RAY_ADDRESS", None)
     argv = [sys.executable, "-m", "ray_jobs.train_encoder", "--config", str(config_file), "--address", "local"]
-    first = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while _registered_checkpoints(tmp_path / "run") < 1:
-            assert time.monotonic() < deadline and first.poll() is None, "no checkpoint before the deadline"
-            time.sleep(0.2)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        first.wait()
+    run_and_sigkill_when(argv, env, lambda: _registered_checkpoints(tmp_path / "run") >= 1, 300, "checkpoint")
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
