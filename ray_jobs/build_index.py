@@ -41,10 +41,22 @@ def _train(storage: Storage, config: IndexBuildConfig, rows_per_part: list[int])
     if not storage.exists(layout.trained):
         start = time.perf_counter()
         sample = xindex.read_sample(storage, config.run, rows_per_part, sample_size, config.seed)
-        index = xindex.train_index(factory, sample, seed=config.seed)
+        index = xindex.train_index(factory, sample, seed=config.seed, use_gpu=config.use_gpu)
         storage.write_bytes(layout.trained, xindex.to_bytes(index))
         log.info("trained %s on %d vectors in %.1fs", factory, len(sample), time.perf_counter() - start)
-    return {"factory": factory, "dim": dim, "nlist": nlist, "train_sample": min(sample_size, total)}
+    return {"factory": factory, "dim": dim, "nlist": nlist, "train_sample": min(sample_size, total),
+            "faiss_gpus": xindex.faiss_gpus()}
+
+
+def _gpus_per_task(config: IndexBuildConfig) -> int:
+    """One GPU for each train and add task when use_gpu asks and the cluster has GPUs now."""
+    if not config.use_gpu:
+        return 0
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        return 1
+    log.warning("use_gpu: the cluster has no GPU now, so the index is trained and added on CPUs (on an "
+                "autoscaling cluster, keep a GPU worker up while the build starts)")
+    return 0
 
 
 def _check_settings(storage: Storage, config: IndexBuildConfig) -> None:
@@ -78,12 +90,17 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
     rows_per_part = [storage.parquet_rows(layout.part("embeddings", p)) for p in range(parts)]
     offsets = xindex.part_offsets(rows_per_part)
 
-    training = ray.remote(_train).options(num_cpus=1).remote(storage, config, rows_per_part)
+    gpus = _gpus_per_task(config)
+    training = ray.remote(_train).options(num_cpus=1, num_gpus=gpus).remote(storage, config, rows_per_part)
     trained = ray.get(next(as_finished([training], "train")))
     train_s = time.perf_counter() - started
+    if gpus and not trained["faiss_gpus"]:
+        log.warning("use_gpu: faiss on the GPU node has no GPU support (a faiss-cpu build; `pip install xdr[gpu]` "
+                    "installs faiss-gpu), so the index is trained and added on CPUs")
 
-    add = ray.remote(xindex.add_part).options(num_cpus=1, max_retries=2)
-    pending = {add.remote(storage, config.run, config.index_root, p, offsets[p]): p for p in range(parts)}
+    add = ray.remote(xindex.add_part).options(num_cpus=1, num_gpus=gpus, max_retries=2)
+    pending = {add.remote(storage, config.run, config.index_root, p, offsets[p], use_gpu=config.use_gpu): p
+               for p in range(parts)}
     progress = Progress("add", sum(rows_per_part), parts, emit=log.info,
                         bar=on_terminal())
     for done in as_finished(pending, "add"):

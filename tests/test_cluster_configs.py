@@ -114,6 +114,8 @@ def test_cluster_image_is_in_step_with_pyproject_and_setup():
     assert args["TORCH_VERSION"] in pins["torch"]
     assert f'"torch=={args["TORCH_VERSION"]}"' in (REPO / "scripts" / "setup.sh").read_text(encoding="utf-8")
     assert re.fullmatch(r"cu\d{3}", args["CUDA_TAG"])
+    (faiss_gpu,) = project["optional-dependencies"]["gpu"]  # the image installs the extra's faiss-gpu
+    assert f'--force-reinstall --no-deps "{faiss_gpu}"' in dockerfile and "pip uninstall -y faiss-cpu" in dockerfile
     for manifest in ("raycluster.yaml", "rayjob.yaml", "rayservice.yaml"):
         images = set(re.findall(r"image: (\S+)", (CLUSTER / "kuberay" / manifest).read_text(encoding="utf-8")))
         assert images == {f"ghcr.io/example/xdr:{project['version']}"}, (manifest, images)

@@ -208,3 +208,54 @@ def test_a_replica_does_not_hold_the_text(tmp_path):
     assert more_text > 100e6
     assert load[256] - load[1] < 0.02 * more_text, (load, text_bytes)
     assert lookup[256] < 0.25 * more_text and returned[256] > 2e6, (lookup, returned)
+
+
+@pytest.mark.parametrize("factory", ["IVF16,PQ8np", "IVF16,Flat"])
+def test_with_use_gpu_and_no_gpu_faiss_the_index_bytes_are_todays(tmp_path, factory):
+    """faiss-cpu here: use_gpu trains and adds on the CPU, byte for byte what plain faiss calls write; the list
+    assignment the GPU path uses (add_assigned), given the CPU quantizer, adds the same bytes as add_with_ids."""
+    import faiss
+
+    assert xindex.faiss_gpus() == 0, "this test checks the CPU fallback; run it where faiss has no GPU"
+    storage, run = Storage(), str(tmp_path / "run")
+    vectors = clustered_vectors(6_000, 32, clusters=16, seed=2)
+    write_run(storage, run, vectors, part_size=3_000)
+    sample = xindex.read_sample(storage, run, [3_000, 3_000], 4_000, seed=0)
+    plain = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)  # what today's build does, by hand
+    faiss.extract_index_ivf(plain).cp.seed = 7
+    plain.train(sample)
+    trained = xindex.train_index(factory, sample, seed=7, use_gpu=True)
+    assert xindex.to_bytes(trained) == xindex.to_bytes(plain)
+
+    for use_gpu in (False, True):
+        root = tmp_path / f"gpu-{use_gpu}"
+        storage.write_bytes(xindex.IndexLayout(str(root)).trained, xindex.to_bytes(trained))
+        xindex.add_part(storage, run, str(root), 1, 3_000, use_gpu=use_gpu)
+    partials = [(tmp_path / f"gpu-{g}" / "partials" / "part-00001.faissindex").read_bytes() for g in (False, True)]
+    assert partials[0] == partials[1]
+    part = vectors[3_000:]
+    ids = np.arange(3_000, 6_000, dtype=np.int64)
+    assigned = xindex.from_bytes(xindex.to_bytes(plain))
+    xindex.add_assigned(assigned, part, ids, assigned.quantizer)
+    plain.add_with_ids(part, ids)
+    assert plain.ntotal == 3_000 and xindex.to_bytes(assigned) == xindex.to_bytes(plain) == partials[0]
+
+
+def test_the_build_job_with_use_gpu_on_a_cluster_without_gpus_says_so_once_and_builds_the_same_index(
+        ray_local, tmp_path, caplog):
+    from ray_jobs.build_index import build_index
+    from xdr.config import IndexBuildConfig
+
+    write_run(Storage(), str(tmp_path / "run"), clustered_vectors(4_000, 16, clusters=8, seed=4), part_size=1_000)
+    builds = {}
+    for use_gpu in (False, True):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="xdr.build_index"):
+            builds[use_gpu] = build_index(IndexBuildConfig(
+                run=str(tmp_path / "run"), output=str(tmp_path / str(use_gpu)), factory="IVF8,Flat", shards=2,
+                use_gpu=use_gpu))
+        said = [r.getMessage() for r in caplog.records if "use_gpu" in r.getMessage()]
+        assert len(said) == (1 if use_gpu else 0) and (not said or "no GPU" in said[0]), said
+    for name in ("trained.faissindex", "shard-000.faissindex", "shard-001.faissindex", "shard-001.docs.parquet"):
+        assert (tmp_path / "True" / name).read_bytes() == (tmp_path / "False" / name).read_bytes(), name
+    assert builds[True]["faiss_gpus"] == 0 and builds[True]["vectors"] == 4_000

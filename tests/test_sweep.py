@@ -149,15 +149,20 @@ def test_a_tiny_sweep_killed_and_rerun_trains_only_the_unfinished_trials_and_equ
     assert len(report["finished"]) == 4 and not report["failed"]
     assert {"report.md", "report-validation-curves.png"} <= {p.name for p in (tmp_path / "sweep").iterdir()}
 
-    for trial in xsweep.trials(sweep):  # each trial's figures = the same config trained and evaluated alone
+    # Each trial's figures = the same config trained and evaluated alone, outside Tune: in a Ray task holding
+    # half a CPU, as a trial does (one thread; the tiny model's near-ties would otherwise rank differently under
+    # another thread count's float sums). Two at a time, as the sweep ran them.
+    @ray.remote(num_cpus=0.5)
+    def alone(trial):
+        config = xsweep.trial_config(sweep, trial).model_copy(update={"output": str(tmp_path / "alone" / trial.name)})
+        manifest = train_encoder.run_training(config)
+        return manifest["val_losses"], xsweep.evaluate_model(sweep, config, manifest["model_folder"])
+
+    trials = xsweep.trials(sweep)  # two at a time: more tasks would take the CPUs their Train workers need
+    runs = ray.get([alone.remote(t) for t in trials[:2]]) + ray.get([alone.remote(t) for t in trials[2:]])
+    for trial, (val_losses, figures) in zip(trials, runs):
         in_sweep = json.loads((tmp_path / "sweep" / "trials" / trial.name / "result.json").read_text())
-        alone = xsweep.trial_config(sweep, trial).model_copy(update={"output": str(tmp_path / "alone" / trial.name)})
-        manifest = train_encoder.run_training(alone)
-        assert np.array(manifest["val_losses"]) == pytest.approx(np.array(in_sweep["training"]["val_losses"]), abs=1e-5)
-        # evaluated as a trial is: in a Ray worker holding half a CPU (one thread; the tiny model's near-ties
-        # would otherwise rank differently under another thread count's float sums)
-        figures = ray.get(ray.remote(xsweep.evaluate_model).options(num_cpus=0.5).remote(
-            sweep, alone, manifest["model_folder"]))
+        assert np.array(val_losses) == pytest.approx(np.array(in_sweep["training"]["val_losses"]), abs=1e-5)
         for metric, values in figures.items():
             assert values == pytest.approx(in_sweep["metrics"][metric], abs=1e-6), (trial.name, metric)
         mono = report["trial_results"][trial.name]["metrics"]["mono"]["avg"]

@@ -188,6 +188,11 @@ class IndexBuildConfig(_Section):
     shards: int = Field(2, gt=0, description="Serving shards (one Ray Serve deployment each).")
     with_text: bool = Field(True, description="Keep title and text next to each shard to answer with text.")
     seed: int = Field(0, ge=0, description="Seed of the training sample and of k-means.")
+    use_gpu: bool = Field(
+        False, description="k-means and the adds' list assignment on GPUs: the train and add tasks take a GPU each "
+        "and faiss uses it when it is a GPU build (`pip install xdr[gpu]`, as the cluster image). A cluster without "
+        "GPUs, or a faiss-cpu build on the GPU node, builds on CPUs and says so in one log line; the index files "
+        "have the same format either way.")
     storage: StorageConfig = StorageConfig()
 
     _absolute_paths = field_validator("run", "output")(classmethod(lambda cls, v: absolute_location(v)))

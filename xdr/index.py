@@ -52,15 +52,29 @@ def vectors_of(table: pa.Table) -> np.ndarray:
     return column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
 
 
-def train_index(factory: str, sample: np.ndarray, *, seed: int = 0) -> faiss.Index:
-    """An empty, trained index for inner-product search."""
+def faiss_gpus() -> int:
+    """GPUs this process's faiss can use: 0 with a faiss-cpu build, or when no GPU is visible to it (a Ray
+    task that asked for none sees none)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def train_index(factory: str, sample: np.ndarray, *, seed: int = 0, use_gpu: bool = False) -> faiss.Index:
+    """An empty, trained index for inner-product search. With `use_gpu` and a faiss that has GPUs, k-means'
+    nearest-centroid searches (nearly all of its time) run on every visible GPU; otherwise on the CPU."""
     index = faiss.index_factory(sample.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = seed  # deterministic k-means
-    if faiss.get_num_gpus() > 0:  # faiss-gpu: train the coarse quantizer on the GPU
+    if use_gpu and faiss_gpus() > 0:
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(sample.shape[1]))
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
+
+
+def add_assigned(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, assigner: faiss.Index) -> None:
+    """index.add_with_ids, with each vector's inverted list found by `assigner`, a copy of the index's coarse
+    quantizer (on the GPUs: the assignment is the costly part of adding, nlist dot products a vector)."""
+    _, lists = assigner.search(vectors, 1)
+    index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists.ravel()))
 
 
 def to_bytes(index: faiss.Index) -> bytes:
@@ -135,8 +149,11 @@ def read_sample(storage: Storage, run_uri: str, rows_per_part: list[int], sample
     return np.concatenate(pieces)
 
 
-def add_part(storage: Storage, run_uri: str, index_root: str, part: int, id_offset: int) -> FileRecord:
-    """Add one embeddings part to a copy of the trained index; write it as a partial index."""
+def add_part(storage: Storage, run_uri: str, index_root: str, part: int, id_offset: int, *,
+             use_gpu: bool = False) -> FileRecord:
+    """Add one embeddings part to a copy of the trained index; write it as a partial index. With `use_gpu`
+    and a faiss that has GPUs, the vectors' lists are found on the GPUs (an index whose vectors are
+    transformed first, e.g. OPQ, adds on the CPU)."""
     layout = IndexLayout(index_root)
     out = layout.partial(part)
     if storage.exists(out):
@@ -144,7 +161,11 @@ def add_part(storage: Storage, run_uri: str, index_root: str, part: int, id_offs
     index = from_bytes(storage.read_bytes(layout.trained))
     table = storage.read_table(RunLayout(run_uri).part("embeddings", part), columns=["embedding"])
     vectors = vectors_of(table)
-    index.add_with_ids(vectors, np.arange(id_offset, id_offset + len(vectors), dtype=np.int64))
+    ids = np.arange(id_offset, id_offset + len(vectors), dtype=np.int64)
+    if use_gpu and faiss_gpus() > 0 and isinstance(index, faiss.IndexIVF):
+        add_assigned(index, vectors, ids, faiss.index_cpu_to_all_gpus(index.quantizer))
+    else:
+        index.add_with_ids(vectors, ids)
     return storage.write_bytes(out, to_bytes(index))
 
 
