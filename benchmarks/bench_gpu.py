@@ -280,6 +280,32 @@ def bench_ivf(device, rng, tiny: bool) -> dict:
             "mse_torch": objective(torch.as_tensor(centroids).cpu().numpy())}
 
 
+def bench_index_build(rng, tiny: bool) -> dict:
+    """The build job's own calls (xdr.index, issue 21): train_index and the add's list assignment, on the CPU
+    and, when this faiss has GPUs (the faiss-gpu-cu12 wheel carried instead of faiss-cpu), with use_gpu."""
+    import faiss
+
+    from xdr import index as xindex
+
+    n, d, factory = (12_000, 64, "IVF64,PQ8np") if tiny else (1_000_000, 768, "IVF4096,PQ64np")
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64)
+    result = {"vectors": n, "dim": d, "factory": factory, "faiss_gpus": xindex.faiss_gpus(),
+              "faiss_threads": faiss.omp_get_max_threads()}
+    for device in ("cpu", "gpu") if result["faiss_gpus"] else ("cpu",):
+        start = time.perf_counter()
+        trained = xindex.train_index(factory, x[: 64 * 4096] if not tiny else x, seed=0, use_gpu=device == "gpu")
+        result[f"train_s_{device}"] = time.perf_counter() - start
+        index = xindex.from_bytes(xindex.to_bytes(trained))
+        assigner = faiss.index_cpu_to_all_gpus(index.quantizer) if device == "gpu" else index.quantizer
+        start = time.perf_counter()
+        xindex.add_assigned(index, x, ids, assigner)
+        result[f"add_s_{device}"] = time.perf_counter() - start
+        result[f"adds_per_s_{device}"] = n / result[f"add_s_{device}"]
+    return result
+
+
 def bench_encoder_variants(model, tokenizer, device, rng, tiny: bool) -> dict:
     """Where the encoder's time goes: batch sizes, eager against SDPA attention, and the model alone on
     pre-padded device tensors (no tokenizer, no padding on the CPU, no copy back) as the stage's ceiling."""
@@ -426,6 +452,7 @@ def main() -> None:
     train = section("train_step", lambda: bench_train_step(bert.float(), tokenizers["encoder"], device, rng,
                                                            args.tiny))
     ivf = section("ivf_training", lambda: bench_ivf(device, rng, args.tiny))
+    build = section("index_build", lambda: bench_index_build(rng, args.tiny))
 
     print(f"\ndevice: {name}; torch {torch.__version__}; date {report['date']}; tiny={args.tiny}")
     print(f"ceilings: matmul {tflops:.1f} TFLOP/s ({ceiling['dtype']}), copy {ceiling['copy_gb_s']:.0f} GB/s")
@@ -457,6 +484,10 @@ def main() -> None:
               f"{ivf['faiss_cpu_s']:.1f}s ({ivf['faiss_threads']} threads), PyTorch on {device.type} "
               f"{ivf['torch_s']:.1f}s (x{ivf['speedup']:.1f}); mean squared distance {ivf['mse_faiss_cpu']:.4f} vs "
               f"{ivf['mse_torch']:.4f}")
+    if build:
+        print(f"index build ({build['factory']}, {build['vectors']:,} x {build['dim']}; faiss GPUs "
+              f"{build['faiss_gpus']}): " + ", ".join(f"{k} {v:,.2f}" for k, v in build.items()
+                                                      if k.startswith(("train_s", "add_s", "adds_per_s"))))
     for key, err in report["errors"].items():
         print(f"FAILED {key}: {err}")
     if report["errors"]:

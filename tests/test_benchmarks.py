@@ -23,6 +23,8 @@ def test_gpu_benchmark_runs_end_to_end_in_tiny_mode(tmp_path):
     assert result["use"]["sentences_per_s_fp32"] > 0 and result["train_step"]["examples_per_s"] > 0
     ivf = result["ivf_training"]  # both k-means reach a comparable objective on the same data
     assert ivf["torch_s"] > 0 and abs(ivf["mse_torch"] - ivf["mse_faiss_cpu"]) < 0.05 * ivf["mse_faiss_cpu"]
+    build = result["index_build"]  # the build job's calls; the GPU columns only where faiss has GPUs
+    assert build["faiss_gpus"] == 0 and build["train_s_cpu"] > 0 and build["adds_per_s_cpu"] > 0
 
 
 @pytest.mark.slow
