@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 from ray_jobs import train_encoder
@@ -49,11 +50,14 @@ def trial_result(sweep: SweepConfig, trial: xsweep.Trial, config: TrainEncoderCo
     if storage.exists(uri):
         return json.loads(storage.read_bytes(uri))
     manifest = train_encoder.run_training(config, callbacks=callbacks)
+    started = time.perf_counter()
     metrics = xsweep.evaluate_model(sweep, config, manifest["model_folder"])
+    evaluation_s = round(time.perf_counter() - started, 1)
     training = {k: manifest[k] for k in ("run_name", "steps", "best_step", "best_val_loss", "val_losses",
                                          "parameters", "trainable_parameters", "seconds", "resumed_at")}
     result = {"trial": trial.name, "setting": trial.setting, "seed": trial.seed, "metrics": metrics,
-              "training": training, "config": config.model_dump(mode="json"), "code_version": code_version()}
+              "training": training, "evaluation_s": evaluation_s, "config": config.model_dump(mode="json"),
+              "code_version": code_version()}
     storage.write_bytes(uri, json.dumps(result, indent=2).encode())  # last: its presence means done
     return result
 
