@@ -144,7 +144,8 @@ def run_sweep(sweep: SweepConfig) -> dict[str, Any]:
 
 def write_report(sweep: SweepConfig, storage: Storage, results: dict[str, dict], failed: dict[str, str]) -> dict:
     summary = xsweep.summarise(sweep, results)
-    command = "xdr sweep " + " ".join(sys.argv[1:]) if sys.argv[1:] else "xdr sweep"
+    args = sys.argv[2:] if sys.argv[1:2] == ["sweep"] else sys.argv[1:]  # `xdr sweep ...` or `python -m ...`
+    command = " ".join(["xdr sweep", *args])
     report = {"output": sweep.output, "sweep": sweep.model_dump(mode="json"), "trials": len(xsweep.trials(sweep)),
               "finished": sorted(results), "failed": failed, **summary,
               "validation_curves": {name: r["training"]["val_losses"] for name, r in results.items()},
