@@ -55,7 +55,7 @@ def vectors_of(table: pa.Table) -> np.ndarray:
 def faiss_gpus() -> int:
     """GPUs this process's faiss can use: 0 with a faiss-cpu build, or when no GPU is visible to it (a Ray
     task that asked for none sees none)."""
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    return faiss.get_num_gpus()  # faiss-cpu has it too and answers 0
 
 
 def train_index(factory: str, sample: np.ndarray, *, seed: int = 0, use_gpu: bool = False) -> faiss.Index:
