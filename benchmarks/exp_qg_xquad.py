@@ -3,6 +3,7 @@ train-generator job on XQuAD, its queries compared with the human questions of a
 
     pip install -e .[experiments]       # sacrebleu (chrF)
     python benchmarks/exp_qg_xquad.py --json docs/eval/qg-xquad.json --md docs/eval/qg-xquad.md
+    python benchmarks/exp_qg_xquad.py --tiny --out /tmp/qg       # a minute: every step on a few articles (tests)
 
 Model: mT5 architecture, random weights (d_model 128, 2 + 2 layers), its Unigram tokenizer trained on the
 text of XQuAD articles 1-32 (the training and validation articles) in all 12 languages. Training: the
@@ -51,9 +52,15 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def held_out_paragraphs(xquad: Path) -> tuple[list[dict], dict[tuple[str, str], list[str]]]:
-    """English paragraphs of articles 33-48 and, per (paragraph id, language), the human questions."""
-    data, _ = load_xquad(Storage(), str(xquad), articles=range(33, 49))
+# XQuAD articles (first, last): the full run's, and --tiny's (the same steps on little data)
+ARTICLES = {"train": (1, 28), "validation": (29, 32), "held_out": (33, 48)}
+TINY_ARTICLES = {"train": (1, 2), "validation": (3, 3), "held_out": (33, 33)}
+
+
+def held_out_paragraphs(xquad: Path, articles: tuple[int, int] = ARTICLES["held_out"]
+                        ) -> tuple[list[dict], dict[tuple[str, str], list[str]]]:
+    """English paragraphs of the held-out articles and, per (paragraph id, language), the human questions."""
+    data, _ = load_xquad(Storage(), str(xquad), articles=range(articles[0], articles[1] + 1))
     paragraphs, references = {}, {}
     for item in data.items:
         passage = item.passage["en"]
@@ -95,16 +102,24 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=3, help="generated queries per paragraph and language")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
+    parser.add_argument("--address", default="local", help="Ray cluster address (default: a fresh local Ray)")
+    parser.add_argument("--tiny", action="store_true", help="articles 1-2 / 3 / 33, a 16-wide model, 4 steps: "
+                        "checks the script end to end in about a minute")
     args = parser.parse_args()
+    articles = TINY_ARTICLES if args.tiny else ARTICLES
+    if args.tiny:
+        args.steps, args.batch_size, args.queries = 4, 8, 1
+    size = {"d_model": 16, "layers": 1, "vocab_size": 2000} if args.tiny else {"d_model": 128, "layers": 2,
+                                                                                 "vocab_size": 8000}
     machine = f"{platform.machine()}, {os.cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}"
 
     storage = Storage()
-    seen, _ = load_xquad(storage, str(args.xquad), articles=range(1, 33))
+    seen, _ = load_xquad(storage, str(args.xquad), articles=range(articles["train"][0], articles["validation"][1] + 1))
     texts = list({p.text for item in seen.items for p in item.passage.values()})
     texts += [q for item in seen.items for q in item.question.values()]
     base = args.out / "base"
     if not (base / "config.json").exists():
-        build_generator(base, _training_text(texts), d_model=128, layers=2, vocab_size=8000)
+        build_generator(base, _training_text(texts), **size)
     languages = [x for x in seen.languages if x != "en"]
 
     import ray
@@ -113,13 +128,15 @@ def main() -> None:
 
     config = TrainGeneratorConfig.model_validate({
         "output": str(args.out / "run"), "model": str(base),
-        "train": [{"kind": "xquad", "path": str(args.xquad), "articles": [1, 28]}],
-        "validation": [{"kind": "xquad", "path": str(args.xquad), "articles": [29, 32]}],
-        "passage_language": "en", "batch_size": args.batch_size, "micro_batch_size": 32, "lr": args.lr,
-        "warmup_steps": 50, "steps": args.steps, "validate_every": 50, "checkpoint_every": 100,
-        "validation_batches": 4, "patience": 4, "max_input_tokens": 128, "max_target_tokens": 32,
+        "train": [{"kind": "xquad", "path": str(args.xquad), "articles": list(articles["train"])}],
+        "validation": [{"kind": "xquad", "path": str(args.xquad), "articles": list(articles["validation"])}],
+        "passage_language": "en", "batch_size": args.batch_size, "micro_batch_size": min(32, args.batch_size),
+        "lr": args.lr, "warmup_steps": 0 if args.tiny else 50, "steps": args.steps,
+        "validate_every": 2 if args.tiny else 50, "checkpoint_every": 2 if args.tiny else 100,
+        "validation_batches": 1 if args.tiny else 4, "patience": 4, "max_input_tokens": 128, "max_target_tokens": 32,
         "num_workers": 1, "cpus_per_worker": 1})
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    local = {"num_cpus": 2, "include_dashboard": False} if args.address == "local" else {}
+    ray.init(address=args.address, logging_level="WARNING", **local)
     try:
         started = time.perf_counter()
         manifest = run_training(config)
@@ -129,15 +146,17 @@ def main() -> None:
     print(f"trained: {manifest['steps']} steps, best step {manifest['best_step']}, val losses "
           f"{manifest['val_losses']} ({train_s:.0f}s)", flush=True)
 
-    paragraphs, references = held_out_paragraphs(args.xquad)
+    paragraphs, references = held_out_paragraphs(args.xquad, articles["held_out"])
     results = {name: score(folder, paragraphs, references, languages, args.queries, 128)
                for name, folder in (("untrained", str(base)), ("trained", manifest["model_folder"]))}
-    lines = [f"Tiny mT5-style generator (random init, d_model 128, 2+2 layers, 8k Unigram vocabulary) trained by "
-             f"`xdr train-generator` on XQuAD articles 1-28 (en paragraph -> question in 11 languages, "
-             f"{manifest['steps']} steps of {args.batch_size}, lr {args.lr}, best step {manifest['best_step']}, "
-             f"validation loss {manifest['val_losses'][0][1]:.3f} -> {manifest['best_val_loss']:.3f}); "
-             f"{args.queries} queries per paragraph and language for the {len(paragraphs)} English paragraphs of "
-             f"held-out articles 33-48, against the human questions. {machine}; training {train_s:.0f}s.", "",
+    train, held = (f"{articles[k][0]}-{articles[k][1]}" for k in ("train", "held_out"))
+    lines = [f"Tiny mT5-style generator (random init, d_model {size['d_model']}, {size['layers']}+{size['layers']} "
+             f"layers, {size['vocab_size']:,}-piece Unigram vocabulary) trained by `xdr train-generator` on XQuAD "
+             f"articles {train} (en paragraph -> question in 11 languages, {manifest['steps']} steps of "
+             f"{args.batch_size}, lr {args.lr}, best step {manifest['best_step']}, validation loss "
+             f"{manifest['val_losses'][0][1]:.3f} -> {manifest['best_val_loss']:.3f}); {args.queries} queries per "
+             f"paragraph and language for the {len(paragraphs)} English paragraphs of held-out articles {held}, "
+             f"against the human questions. {machine}; training {train_s:.0f}s.", "",
              "| language | chrF untrained | chrF trained | token F1 untrained | token F1 trained |",
              "|---|---:|---:|---:|---:|"]
     for x in [*languages, "avg"]:

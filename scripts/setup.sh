@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv with everything xdr needs. Safe to rerun: it reinstalls only when pyproject.toml changed.
+# Creates .venv with everything xdr needs. Safe to rerun: it reinstalls only when pyproject.toml or this script changed.
 # torch is pinned and installed first: from the package registry it is the CPU build on a machine without
 # a GPU, and installing it first stops a dependency from pulling a multi-GB CUDA build.
 set -euo pipefail
@@ -8,9 +8,9 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 stamp=.venv/.xdr-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[test,experiments]"  # experiments: the tests run those scripts too
   touch "$stamp"
 fi

@@ -1,6 +1,8 @@
-"""The GPU benchmark must stay runnable for the sessions that get a GPU: run it in --tiny mode here."""
+"""Benchmark and experiment scripts stay runnable (the GPU benchmark for the sessions that get a GPU): each runs here
+in a tiny mode."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -78,3 +80,58 @@ def test_plot_and_sizing_scripts_run_on_the_recorded_scale_json(tmp_path):
     assert sizing["validation_cpu_s_per_passage"] == pytest.approx(expected)
     assert sizing["plan"]["1000000000"]["validation_cpu_hours"] == pytest.approx(1e9 * expected / 3600, abs=0.05)
     assert sizing["stage_cost"]["passages"] == 300 and sizing["stage_cost"]["queries"] == 300 * 35
+
+
+def test_the_dictionary_script_writes_muse_files_whose_held_out_precision_is_recomputed_here(tmp_path):
+    """`derive_xquad_dictionary.py` on one language pair (every step; seconds): its files load as xdr's
+    code-switching dictionaries, and the precision it reports is recomputed here from the files alone."""
+    from tests.conftest import SHARED_DATA
+    from xdr.storage import Storage
+    from xdr.train.codeswitch import load_muse
+    from xdr.train.data import load_xquad
+
+    out = tmp_path / "dictionaries"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "derive_xquad_dictionary.py"), "--languages",
+                           "en", "de", "--out", str(out), "--json", str(tmp_path / "d.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["de-en.txt", "en-de.txt"]
+    dictionary = load_muse(Storage(), [str(out / "en-de.txt")])
+    assert dictionary.rejected_lines == 0 and len(dictionary.entries["en"]) > 100
+    en_de = {word: translations[0][1] for word, translations in dictionary.entries["en"].items()}
+    held, _ = load_xquad(Storage(), str(SHARED_DATA / "xquad"), languages=("en", "de"), articles=range(29, 49))
+    hits = uses = 0
+    for item in held.items:  # a dictionary word in the English question: is its translation in the German one?
+        en, de = (set(re.findall(r"\w+", item.question[x].lower())) for x in ("en", "de"))
+        for word in en & en_de.keys():
+            uses, hits = uses + 1, hits + (en_de[word] in de)
+    row = json.loads((tmp_path / "d.json").read_text())["pairs"]["en-de"]
+    assert row["entries"] == len(en_de) and row["held_out_uses"] == uses
+    assert row["precision"] == pytest.approx(hits / uses) and row["precision"] > 10 * row["chance_precision"]
+
+
+@pytest.mark.slow
+def test_the_generator_experiment_runs_in_tiny_mode_on_the_shared_ray(tmp_path, ray_local):
+    """`exp_qg_xquad.py --tiny`: tokenizer, model, the train-generator job (on this session's Ray), the
+    held-out generation and its scores."""
+    out = tmp_path / "qg.json"
+    address = ray_local.get_runtime_context().gcs_address
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "exp_qg_xquad.py"), "--tiny", "--address",
+                           address, "--out", str(tmp_path / "qg"), "--json", str(out), "--md", str(tmp_path / "qg.md")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["manifest"]["steps"] == 4 and len(result["manifest"]["val_losses"]) == 2
+    for name in ("untrained", "trained"):
+        table = result["results"][name]["table"]
+        assert len(table) == 12 and 0 <= table["avg"]["chrf"] <= 100 and 0 <= table["avg"]["f1"] <= 1  # 11 + avg
+    assert "| avg |" in (tmp_path / "qg.md").read_text()
+
+
+def test_token_f1_is_squad_style_overlap():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from exp_qg_xquad import token_f1
+
+    assert token_f1("Who wrote it?", "who wrote this") == pytest.approx(2 / 3)  # 2 shared of 3 and 3 tokens
+    assert token_f1("a a b", "a c") == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))  # p 1/3, r 1/2
+    assert token_f1("x", "y") == 0

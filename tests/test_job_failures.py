@@ -105,15 +105,14 @@ def _job_argv(job: str, tmp_path, tiny_models) -> tuple[list[str], str]:
         return [job, f"--model={tiny_models['encoder']}", f"--output={tmp_path / 'out'}", "--steps=100000",
                 "--batch_size=4", "--num_workers=1", "--cpus_per_worker=1",
                 f"--set=train=[{{kind: parallel_jsonl, path: {data}}}]"], working
-    if job == "tune-index":
-        return [job, "--eval.kind=miracl-yo", f"--eval.path={SHARED_DATA / 'miracl-yo'}", f"--output={tmp_path / 'o'}",
-                "--factories=[Flat]", "--nprobe=[1]", "--dtypes=[float32]"], working
     assert job == "evaluate"
     return [job, "lareqa", f"--data={SHARED_DATA / 'xquad-r'}", f"--out={tmp_path / 'o'}"], "evaluate lareqa: "
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job", ["build-index", "serve", "train-encoder", "tune-index", "evaluate"])
+# Each kind of Ray work once: tasks (build-index; tune-index and the indexing job run tasks the same way), Serve
+# replicas, Ray Train workers (train-generator runs the same driver code), and a job without Ray.
+@pytest.mark.parametrize("job", ["build-index", "serve", "train-encoder", "evaluate"])
 def test_sigterm_mid_run_stops_each_job_and_its_ray_within_seconds(job, tmp_path, tiny_models):
     argv, working = _job_argv(job, tmp_path, tiny_models)
     out = tmp_path / "job.out"
