@@ -167,7 +167,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(ra
     from ray_jobs.train_encoder import run_training
 
     output = tmp_path / "run"
-    config = _config(tiny_models, tmp_path, str(output), steps=30)
+    config = _config(tiny_models, tmp_path, str(output), steps=60)
     killed = []
 
     def kill_a_worker_after_the_first_checkpoint():
@@ -187,13 +187,13 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(ra
     manifest = run_training(config)
     killer.join(timeout=1)
     assert killed, "no Ray Train worker was found to kill"
-    assert manifest["steps"] == 30 and len(manifest["resumed_at"]) >= 1
+    assert manifest["steps"] == 60 and len(manifest["resumed_at"]) >= 1
     assert all(step % 10 == 0 and step > 0 for step in manifest["resumed_at"])  # from a checkpoint, not step 0
 
 
 @pytest.mark.slow
 def test_the_driver_killed_and_rerun_resumes_without_redoing_checkpointed_steps(tiny_models, tmp_path):
-    config = _config(tiny_models, tmp_path, str(tmp_path / "run"), steps=30, num_workers=1, cpus_per_worker=1)
+    config = _config(tiny_models, tmp_path, str(tmp_path / "run"), steps=60, num_workers=1, cpus_per_worker=1)
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDR_LOG_DIR": str(tmp_path / "logs")}
@@ -203,7 +203,7 @@ def test_the_driver_killed_and_rerun_resumes_without_redoing_checkpointed_steps(
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["steps"] == 30 and len(manifest["resumed_at"]) == 1 and manifest["resumed_at"][0] >= 10
+    assert manifest["steps"] == 60 and len(manifest["resumed_at"]) == 1 and manifest["resumed_at"][0] >= 10
     assert manifest["resumed_at"][0] % 10 == 0  # from a checkpoint: no step beyond it is done twice
     assert "use it: --encoder.model=" in done.stdout
 
