@@ -105,7 +105,7 @@ def generator_flops(model, input_tokens: int, new_tokens: int, sequences: int) -
 
 
 def bench_encoder(model, tokenizer, device, ceiling_tflops, rng, tiny: bool) -> dict:
-    n_pass, n_query = (256, 1024) if tiny else (32_768, 131_072)
+    n_pass, n_query = (128, 512) if tiny else (32_768, 131_072)
     passages = synthetic_ids(rng, n_pass, 130, 170, 128, model.config.vocab_size)
     queries = synthetic_ids(rng, n_query, 8, 32, 32, model.config.vocab_size)
     ours = Encoder(EncoderConfig(model="synthetic", batch_size=512 if not tiny else 64), device=str(device),
@@ -143,7 +143,7 @@ def _copy_fp32(model):
 
 
 def bench_generator(model, tokenizer, device, ceiling_tflops, rng, tiny: bool) -> dict:
-    n_passages = 16 if tiny else 2048
+    n_passages = 4 if tiny else 2048
     prompts = synthetic_ids(rng, n_passages * len(LANGUAGES), 130, 170, 128, model.config.vocab_size)
     keys = [[sequence_key(0, str(i), "x", q) for q in range(5)] for i in range(len(prompts))]
     results = {}
@@ -188,7 +188,7 @@ def bench_use(device, rng, tiny: bool) -> dict:
     from xdr.use_model import UseModel
 
     model = (UseModel(vocab_size=2000) if tiny else UseModel()).to(device).eval()
-    n, batch = (512, 128) if tiny else (131_072, 4096)
+    n, batch = (256, 128) if tiny else (131_072, 4096)
     lengths = rng.integers(8, 41, size=n)
     ids = torch.zeros(n, 40, dtype=torch.int64)
     mask = torch.zeros(n, 40, dtype=torch.int64)
@@ -309,7 +309,7 @@ def bench_index_build(rng, tiny: bool) -> dict:
 def bench_encoder_variants(model, tokenizer, device, rng, tiny: bool) -> dict:
     """Where the encoder's time goes: batch sizes, eager against SDPA attention, and the model alone on
     pre-padded device tensors (no tokenizer, no padding on the CPU, no copy back) as the stage's ceiling."""
-    n_pass, n_query = (256, 1024) if tiny else (32_768, 131_072)
+    n_pass, n_query = (128, 512) if tiny else (32_768, 131_072)
     passages = synthetic_ids(rng, n_pass, 130, 170, 128, model.config.vocab_size)
     queries = synthetic_ids(rng, n_query, 8, 32, 32, model.config.vocab_size)
     out: dict = {"attention": model.config._attn_implementation}
@@ -344,7 +344,7 @@ def bench_encoder_variants(model, tokenizer, device, rng, tiny: bool) -> dict:
 
 def bench_generator_variants(model, tokenizer, device, rng, tiny: bool) -> dict:
     """Where the generator's time goes: prompts per call, and the keyed sampler against HF's own top-k."""
-    n_passages = 8 if tiny else 512
+    n_passages = 2 if tiny else 512
     prompts = synthetic_ids(rng, n_passages * len(LANGUAGES), 130, 170, 128, model.config.vocab_size)
     keys = [[sequence_key(0, str(i), "x", q) for q in range(5)] for i in range(len(prompts))]
     out: dict = {"attention": model.config._attn_implementation}
@@ -355,10 +355,10 @@ def bench_generator_variants(model, tokenizer, device, rng, tiny: bool) -> dict:
         gen.generation_config.min_new_tokens = 20
         return gen
 
-    for batch in ((16, 32) if tiny else (128, 256, 512)):
+    for batch in ((4, 8) if tiny else (128, 256, 512)):
         gen = make(batch)
         out[f"passages_per_s_batch{batch}"] = n_passages / timed(lambda gen=gen: gen.generate_ids(prompts, keys))
-    gen = make(16 if tiny else 256)
+    gen = make(4 if tiny else 256)
     hf_config = gen.generation_config.__class__(**{**gen.generation_config.to_dict(), "top_k": 10})
     width = max(len(t) for t in prompts[: gen.config.batch_size])
     x = torch.tensor([t + [0] * (width - len(t)) for t in prompts[: gen.config.batch_size]], device=device)
@@ -435,10 +435,10 @@ def main() -> None:
     section("generator_variants", lambda: bench_generator_variants(mt5.to(device), gen_tok, device, rng, args.tiny))
 
     def profiles():
-        ids = synthetic_ids(rng, 512, 130, 170, 128, bert.config.vocab_size)
+        ids = synthetic_ids(rng, 128 if args.tiny else 512, 130, 170, 128, bert.config.vocab_size)
         enc_stage = Encoder(EncoderConfig(model="synthetic", batch_size=512), device=str(device), model=bert,
                             tokenizer=enc_tok)
-        prompts = synthetic_ids(rng, 64 if args.tiny else 256, 130, 170, 128, mt5.config.vocab_size)
+        prompts = synthetic_ids(rng, 16 if args.tiny else 256, 130, 170, 128, mt5.config.vocab_size)
         keys = [[sequence_key(0, str(i), "x", q) for q in range(5)] for i in range(len(prompts))]
         gen_stage = QueryGenerator(GeneratorConfig(model="synthetic", languages=LANGUAGES, batch_size=len(prompts),
                                                    max_new_tokens=20), device=str(device), model=mt5, tokenizer=gen_tok)

@@ -65,7 +65,9 @@ def test_killed_job_resumes_to_the_uninterrupted_result(ray_local, tiny_models, 
     for path in (tmp_path / "killed").rglob("part-*.parquet"):  # no partial file is visible as committed
         pq.read_table(path)
 
-    rerun = subprocess.run(_job_command(config_path), cwd=REPO, env=_job_env(), capture_output=True, text=True,
+    # the same command on the test's running Ray (a resubmitted job): resuming needs only the files
+    rerun_env = {**_job_env(), "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    rerun = subprocess.run(_job_command(config_path), cwd=REPO, env=rerun_env, capture_output=True, text=True,
                            timeout=400, start_new_session=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())

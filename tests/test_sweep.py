@@ -105,9 +105,9 @@ def test_plot_lines_are_one_line_per_other_setting_sorted_by_the_axis(tmp_path):
     assert lines == {"alpha=0.0": ([2, 8], [1.0, 4.0]), "alpha=1.0": ([2, 8], [1.5, 4.5])}
 
 
-def _tiny_sweep(tmp_path, tiny_models) -> dict:
+def _tiny_sweep(output: str, tiny_models) -> dict:
     languages = ["en", "de", "es"]
-    return {"output": str(tmp_path / "sweep"), "evaluation": EVAL, "max_concurrent_trials": 2,
+    return {"output": output, "evaluation": EVAL, "max_concurrent_trials": 2,
             "cpus_per_trial": 0.5, "seeds": [0, 1], "grid": {"batch_kind": ["xx_mono", "hybrid"]},
             "train": {"model": str(tiny_models["encoder"]), "pooling": "mean", "normalize": True,
                       # relative to the driver's folder (the repository), as in configs/: a trial runs elsewhere
@@ -121,33 +121,39 @@ def _tiny_sweep(tmp_path, tiny_models) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # about 4 minutes on the CI machine: 8 short trainings, 3 local Rays
-def test_a_tiny_sweep_killed_and_rerun_trains_only_the_unfinished_trials_and_equals_trials_run_alone(
-        tmp_path, tiny_models, ray_local):
+@pytest.mark.timeout(1200)  # about 4 minutes on the CI machine: 8 short trainings
+def test_a_tiny_sweep_on_s3_killed_and_rerun_trains_only_the_unfinished_trials_and_equals_trials_run_alone(
+        tmp_path, tiny_models, ray_local, s3_server):
+    """The sweep's driver runs on the shared cluster, as `ray job submit` runs it, and writes to S3 (a cluster's
+    shared storage): killing the driver leaves the cluster up, Ray ends the dead job's trials."""
     import ray
 
     from ray_jobs import train_encoder
+    from xdr.storage import Storage
 
+    output = f"s3://{s3_server.bucket}/sweep-{tmp_path.name}"
     config_file = tmp_path / "sweep.yaml"
-    config_file.write_text(yaml.safe_dump(_tiny_sweep(tmp_path, tiny_models)))
+    config_file.write_text(yaml.safe_dump(_tiny_sweep(output, tiny_models)))
     sweep = SweepConfig.model_validate(yaml.safe_load(config_file.read_text()))
-    results = [tmp_path / "sweep" / "trials" / t.name / "result.json" for t in xsweep.trials(sweep)]
+    storage = Storage(sweep.storage)
+    results = [f"{xsweep.trial_folder(sweep, t)}/result.json" for t in xsweep.trials(sweep)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDR_LOG_DIR": str(tmp_path / "logs"), "HF_HUB_OFFLINE": "1"}
-    env.pop("RAY_ADDRESS", None)
-    argv = [sys.executable, "-m", "ray_jobs.sweep", "--config", str(config_file), "--address", "local"]
-    run_and_sigkill_when(argv, env, lambda: any(r.exists() for r in results), 400, "finished trial")  # mid-sweep
-    finished = {r: r.read_bytes() for r in results if r.exists()}
+    address = ray_local.get_runtime_context().gcs_address
+    argv = [sys.executable, "-m", "ray_jobs.sweep", "--config", str(config_file), "--address", address]
+    run_and_sigkill_when(argv, env, lambda: any(storage.exists(r) for r in results), 400, "finished trial")
+    # the manifest records the training's seconds: retraining a trial would rewrite it with other bytes
+    finished = {r: (storage.read_bytes(r), storage.read_bytes(r.replace("result.json", "manifest.json")))
+                for r in results if storage.exists(r)}
     assert 1 <= len(finished) < len(results), "the sweep must be killed mid-way"
-    trained_before = {r: (r.parent / "manifest.json").stat().st_mtime_ns for r in finished}
 
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{len(finished)} finished before, {len(results) - len(finished)} to run" in done.stderr
     for r, before in finished.items():  # finished trials are read, never trained or evaluated again
-        assert r.read_bytes() == before and (r.parent / "manifest.json").stat().st_mtime_ns == trained_before[r]
-    report = json.loads((tmp_path / "sweep" / "report.json").read_text())
+        assert (storage.read_bytes(r), storage.read_bytes(r.replace("result.json", "manifest.json"))) == before
+    report = json.loads(storage.read_bytes(f"{output}/report.json"))
     assert len(report["finished"]) == 4 and not report["failed"]
-    assert {"report.md", "report-validation-curves.png"} <= {p.name for p in (tmp_path / "sweep").iterdir()}
+    assert storage.exists(f"{output}/report.md") and storage.exists(f"{output}/report-validation-curves.png")
 
     # Each trial's figures = the same config trained and evaluated alone, outside Tune: in a Ray task holding
     # half a CPU, as a trial does (one thread; the tiny model's near-ties would otherwise rank differently under
@@ -161,7 +167,7 @@ def test_a_tiny_sweep_killed_and_rerun_trains_only_the_unfinished_trials_and_equ
     trials = xsweep.trials(sweep)  # two at a time: more tasks would take the CPUs their Train workers need
     runs = ray.get([alone.remote(t) for t in trials[:2]]) + ray.get([alone.remote(t) for t in trials[2:]])
     for trial, (val_losses, figures) in zip(trials, runs):
-        in_sweep = json.loads((tmp_path / "sweep" / "trials" / trial.name / "result.json").read_text())
+        in_sweep = json.loads(storage.read_bytes(f"{xsweep.trial_folder(sweep, trial)}/result.json"))
         assert np.array(val_losses) == pytest.approx(np.array(in_sweep["training"]["val_losses"]), abs=1e-5)
         assert in_sweep["training"]["seconds"] > 0 and in_sweep["evaluation_s"] >= 0  # the trial's cost
         for metric, values in figures.items():

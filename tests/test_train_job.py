@@ -37,15 +37,16 @@ def _parallel_rows(n_items: int = 64) -> list[dict]:
     return rows
 
 
-def _registered_checkpoints(output) -> int:
+def _registered_checkpoints(output: str) -> int:
     """Checkpoints Ray Train has registered (its controller polls reports every 2 s, so a checkpoint folder
     on disk may not be registered yet; a restart resumes only from a registered one)."""
-    snapshots = list(output.glob("checkpoints/*/checkpoint_manager_snapshot.json"))
+    storage = Storage()
+    snapshots = storage.list_files(f"{output}/checkpoints", "checkpoint_manager_snapshot.json")
     if not snapshots:
         return 0
     try:
-        return len(json.loads(snapshots[0].read_text())["checkpoint_results"])
-    except (ValueError, KeyError):  # being rewritten
+        return len(json.loads(storage.read_bytes(snapshots[0]))["checkpoint_results"])
+    except (OSError, ValueError, KeyError):  # being rewritten
         return 0
 
 
@@ -69,15 +70,49 @@ def _config(tiny_models, tmp_path, output, **overrides) -> TrainEncoderConfig:
     return TrainEncoderConfig.model_validate(values)
 
 
+def _kill_a_train_worker_after_the_first_checkpoint(output: str):
+    """Starts a thread that SIGKILLs one Ray Train worker of this test's Ray once a checkpoint is registered;
+    returns the thread and the list the killed pid lands in."""
+    import threading
+
+    import psutil
+
+    killed = []
+
+    def kill():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if _registered_checkpoints(output) >= 1:
+                workers = [p for p in psutil.process_iter(["cmdline"])  # this test's Ray only: another Ray
+                           if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])  # on the machine is not ours
+                           and _descends_from_this_process(p)]
+                if workers:
+                    workers[0].send_signal(signal.SIGKILL)
+                    killed.append(workers[0].pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer, killed
+
+
 @pytest.mark.slow
-def test_two_workers_train_checkpoint_to_s3_and_the_model_indexes(ray_local, s3_server, tiny_models, tmp_path):
+def test_two_workers_checkpoint_to_s3_resume_after_a_killed_worker_and_the_model_indexes(ray_local, s3_server,
+                                                                                         tiny_models, tmp_path):
+    """One run for both: a worker SIGKILLed after the first checkpoint is replaced, and training resumes from
+    the checkpoint on S3, not from step 0."""
     from ray_jobs.train_encoder import run_training
 
     output = f"s3://{s3_server.bucket}/train/run1"
-    manifest = run_training(_config(tiny_models, tmp_path, output))
-    losses = [v for _, v in manifest["val_losses"]]
-    assert manifest["steps"] == 30 and len(losses) == 3 and losses[-1] < 0.8 * losses[0], losses
-    assert manifest["resumed_at"] == [] and manifest["best_step"] == 30 and manifest["examples_per_s"] > 0
+    killer, killed = _kill_a_train_worker_after_the_first_checkpoint(output)
+    manifest = run_training(_config(tiny_models, tmp_path, output, steps=60))
+    killer.join(timeout=1)
+    assert killed, "no Ray Train worker was found to kill"
+    assert manifest["steps"] == 60 and len(manifest["resumed_at"]) >= 1
+    assert all(step % 10 == 0 and step > 0 for step in manifest["resumed_at"])  # from a checkpoint, not step 0
+    steps, losses = zip(*manifest["val_losses"])
+    assert sorted(set(steps)) == list(range(10, 61, 10)) and min(losses) < 0.8 * losses[0], manifest["val_losses"]
+    assert losses[list(steps).index(manifest["best_step"])] == min(losses) and manifest["examples_per_s"] > 0
     assert 0.9 * manifest["parameters"] < manifest["trainable_parameters"] < manifest["parameters"]  # all but pooler
     assert len(manifest["data_files"]) == 2 and all(len(f["sha256"]) == 64 for f in manifest["data_files"])
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(
@@ -159,46 +194,14 @@ def test_lora_and_code_switching_on_two_workers_write_a_merged_model(ray_local, 
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(ray_local, tiny_models, tmp_path):
-    import threading
-
-    import psutil
-
-    from ray_jobs.train_encoder import run_training
-
-    output = tmp_path / "run"
-    config = _config(tiny_models, tmp_path, str(output), steps=60)
-    killed = []
-
-    def kill_a_worker_after_the_first_checkpoint():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
-            if _registered_checkpoints(output) >= 1:
-                workers = [p for p in psutil.process_iter(["cmdline"])  # this test's Ray only: another Ray
-                           if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])  # on the machine is not ours
-                           and _descends_from_this_process(p)]
-                if workers:
-                    workers[0].send_signal(signal.SIGKILL)
-                    killed.append(workers[0].pid)
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
-    killer.start()
-    manifest = run_training(config)
-    killer.join(timeout=1)
-    assert killed, "no Ray Train worker was found to kill"
-    assert manifest["steps"] == 60 and len(manifest["resumed_at"]) >= 1
-    assert all(step % 10 == 0 and step > 0 for step in manifest["resumed_at"])  # from a checkpoint, not step 0
-
-
-@pytest.mark.slow
-def test_the_driver_killed_and_rerun_resumes_without_redoing_checkpointed_steps(tiny_models, tmp_path):
+def test_the_driver_killed_and_rerun_resumes_without_redoing_checkpointed_steps(ray_local, tiny_models, tmp_path):
+    """The driver runs on the shared cluster, as `ray job submit` runs it: killed, Ray ends its job's workers."""
     config = _config(tiny_models, tmp_path, str(tmp_path / "run"), steps=60, num_workers=1, cpus_per_worker=1)
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDR_LOG_DIR": str(tmp_path / "logs")}
-    env.pop("RAY_ADDRESS", None)
-    argv = [sys.executable, "-m", "ray_jobs.train_encoder", "--config", str(config_file), "--address", "local"]
+    argv = [sys.executable, "-m", "ray_jobs.train_encoder", "--config", str(config_file),
+            "--address", ray_local.get_runtime_context().gcs_address]
     run_and_sigkill_when(argv, env, lambda: _registered_checkpoints(tmp_path / "run") >= 1, 300, "checkpoint")
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
