@@ -129,6 +129,7 @@ def test_a_tiny_sweep_on_s3_killed_and_rerun_trains_only_the_unfinished_trials_a
     import ray
 
     from ray_jobs import train_encoder
+    from ray_jobs.sweep import result_uri
     from xdr.storage import Storage
 
     output = f"s3://{s3_server.bucket}/sweep-{tmp_path.name}"
@@ -136,7 +137,7 @@ def test_a_tiny_sweep_on_s3_killed_and_rerun_trains_only_the_unfinished_trials_a
     config_file.write_text(yaml.safe_dump(_tiny_sweep(output, tiny_models)))
     sweep = SweepConfig.model_validate(yaml.safe_load(config_file.read_text()))
     storage = Storage(sweep.storage)
-    results = [f"{xsweep.trial_folder(sweep, t)}/result.json" for t in xsweep.trials(sweep)]
+    results = [result_uri(sweep, t) for t in xsweep.trials(sweep)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDR_LOG_DIR": str(tmp_path / "logs"), "HF_HUB_OFFLINE": "1"}
     address = ray_local.get_runtime_context().gcs_address
     argv = [sys.executable, "-m", "ray_jobs.sweep", "--config", str(config_file), "--address", address]
@@ -167,7 +168,7 @@ def test_a_tiny_sweep_on_s3_killed_and_rerun_trains_only_the_unfinished_trials_a
     trials = xsweep.trials(sweep)  # two at a time: more tasks would take the CPUs their Train workers need
     runs = ray.get([alone.remote(t) for t in trials[:2]]) + ray.get([alone.remote(t) for t in trials[2:]])
     for trial, (val_losses, figures) in zip(trials, runs):
-        in_sweep = json.loads(storage.read_bytes(f"{xsweep.trial_folder(sweep, trial)}/result.json"))
+        in_sweep = json.loads(storage.read_bytes(result_uri(sweep, trial)))
         assert np.array(val_losses) == pytest.approx(np.array(in_sweep["training"]["val_losses"]), abs=1e-5)
         assert in_sweep["training"]["seconds"] > 0 and in_sweep["evaluation_s"] >= 0  # the trial's cost
         for metric, values in figures.items():
