@@ -343,7 +343,9 @@ def run_size(row: dict, workdir: Path, files: int, resume: bool, factory: str, s
 
 def _replica_ratio(row: dict) -> None:
     shard = max(a + b for a, b in zip(row["build"]["shard_index_bytes"], row["build"]["shard_ids_bytes"]))
-    replica = max((v for k, v in row["serve"]["peak_rss_mib"].items() if "IndexShard" in k), default=0)
+    # the replica that holds the shards: a shard deployment's, or the Router's when it searches them itself
+    replica = max((v for k, v in row["serve"]["peak_rss_mib"].items() if "IndexShard" in k or "Router" in k),
+                  default=0)
     row["serve"]["replica_rss_over_index_and_ids"] = round(replica * 2**20 / shard, 2)
 
 

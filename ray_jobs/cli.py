@@ -49,7 +49,7 @@ def _demo(argv: list[str]) -> None:
     import ray
     from ray import serve
 
-    from ray_jobs import build_index, index_corpus, serve_app
+    from ray_jobs import build_index, index_corpus, serve_app, serve_proxy
     from ray_jobs.common import free_port, quiet_ray_logs, ray_log_file, ray_log_note, setup_logging
     from xdr import client, tiny_models
     from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig
@@ -68,6 +68,7 @@ def _demo(argv: list[str]) -> None:
     setup_logging()
     log_file = None if args.verbose else ray_log_file("demo")
     quiet = quiet_ray_logs(log_file) if log_file else {}
+    serve_proxy.configure_ingress("proxy")  # the demo's endpoint listens on loopback only
     ray.init(address="local", num_cpus=2, include_dashboard=False, **quiet)  # never join a stale cluster
     try:
         manifest = index_corpus.run_indexing(config, progress_every_s=1.0)
@@ -81,8 +82,9 @@ def _demo(argv: list[str]) -> None:
         print("\n" + build_index.format_summary(index_manifest))
 
         port = args.port or free_port()
-        url = serve_app.start(ServeConfig(index=str(run_dir / "index"), port=port, encoder_replicas=(1, 1),
-                                          shard_replicas=(1, 1), replica_cpus=0.1), name="xdr-demo")
+        url = serve_app.start(ServeConfig(index=str(run_dir / "index"), port=port, ingress="proxy",
+                                          router_replicas=(1, 1), encoder_replicas=(1, 1), shard_replicas=(1, 1),
+                                          replica_cpus=0.1), name="xdr-demo")
         if log_file:
             quiet_ray_logs(log_file)  # Serve adds console handlers of its own when it starts
         print(f"\nsearch endpoint on {url} (POST /search); questions over HTTP, top 3 each:\n")
@@ -168,7 +170,7 @@ def _serve(argv: list[str]) -> None:
     import ray
     from ray import serve
 
-    from ray_jobs import serve_app
+    from ray_jobs import serve_app, serve_proxy
     from ray_jobs.common import (
         connect_ray,
         fail,
@@ -189,6 +191,7 @@ def _serve(argv: list[str]) -> None:
         return
     log_file = None if args.verbose else ray_log_file("serve")
     ours = not ray.is_initialized()
+    serve_proxy.configure_ingress(config.ingress, config.retry_after_s)  # read by the Serve of a Ray started here
     connect_ray(args.address, log_file=log_file)
     stop_on_sigterm()  # while the replicas start; once they serve, sigwait below takes the signals
     try:

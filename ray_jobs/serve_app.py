@@ -1,9 +1,14 @@
 """The Ray Serve application: POST /search over a sharded index, in many languages.
 
-Deployments: `QueryEncoder` (the indexing job's Encoder at query length, requests batched with
-@serve.batch), one `IndexShard` per serving shard (the library's ShardSearcher; nprobe through
-user_config), and `Router`, the FastAPI ingress that validates, encodes, fans out, merges the per-shard
-top-k (xdr.search.merge_topk) and looks up ids and text.
+`Router` is the FastAPI ingress: it validates, sheds load, batches the questions that arrive together
+(@serve.batch), encodes them and searches. Where the shards are searched depends on the index:
+- in the Router's own process (`InRouterShards`) when the index fits a replica (`shard_placement`): one
+  Serve hop per request, the layout that costs least (docs/BENCHMARKS.md, "The endpoint's cost");
+- else in one `IndexShard` deployment per shard (`ShardDeployments`), called in parallel, their top-k
+  merged (xdr.search.merge_topk): the layout for indexes spread over nodes.
+The encoder runs in the Router, or in its own `QueryEncoder` deployment (`separate_encoder`, for GPU
+replicas). A call to a replica that died is sent again (a search is idempotent); a request held by a Router
+that died gets 503 with Retry-After from the proxy middleware in ray_jobs/serve_proxy.py.
 
     xdr serve --index=demo-output/run/index          # local, on 127.0.0.1:8000
     serve deploy cluster/serve_config.yaml            # on a cluster (import path ray_jobs.serve_app:app_builder)
@@ -14,6 +19,7 @@ import asyncio
 import hmac
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +30,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from xdr.config import EncoderConfig, ServeConfig, StorageConfig
 from xdr.encoder import make_encoder
 from xdr.index import IndexLayout
-from xdr.search import ShardSearcher, merge_topk
+from xdr.search import ShardedSearcher, ShardSearcher, merge_topk
 from xdr.storage import Storage
 
 
@@ -59,6 +66,19 @@ def _make_encoder(spec: dict):
     fetched with the index's storage settings)."""
     return make_encoder(EncoderConfig.model_validate(spec["encoder"]),
                         storage=Storage(StorageConfig.model_validate(spec["storage"])))
+
+
+async def call_with_retry(call, retry_s: float):
+    """`await call()`, sent again while the replica it went to has died (the handle routes the retry to a
+    live replica, or waits for the controller's replacement), for at most `retry_s` seconds."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return await call()
+        except RayActorError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 @serve.deployment
@@ -102,6 +122,37 @@ class IndexShard:
             raise RuntimeError("the shard holds no vectors")
 
 
+Found = tuple[np.ndarray, np.ndarray, dict[int, dict]]  # merged top-k: scores, faiss ids, docs by faiss id
+
+
+class InRouterShards:
+    """Every shard searched in the Router's own process (for an index that fits one replica)."""
+
+    def __init__(self, index_root: str, storage: dict, cache_dir: str | None):
+        self.searcher = ShardedSearcher(index_root, storage=Storage(StorageConfig.model_validate(storage)),
+                                        cache_dir=cache_dir)
+        self.nprobe = self.searcher.manifest["nprobe"]
+
+    def search(self, query_emb: np.ndarray, k: int, nprobe: int | None, columns: tuple[str, ...]) -> Found:
+        """Blocking (faiss releases the GIL): the Router calls it in a worker thread."""
+        scores, ids = self.searcher.search_ids(query_emb, k, nprobe or self.nprobe)
+        return scores, ids, self.searcher.docs(ids, columns)
+
+
+class ShardDeployments:
+    """One IndexShard deployment per shard, asked in parallel; their top-k merged."""
+
+    def __init__(self, handles: list[DeploymentHandle], retry_s: float):
+        self.handles, self.retry_s = handles, retry_s
+
+    async def search(self, query_emb: np.ndarray, k: int, nprobe: int | None, columns: tuple[str, ...]) -> Found:
+        answers = await asyncio.gather(*(
+            call_with_retry(lambda h=h: h.search.remote(query_emb, k, nprobe, columns), self.retry_s)
+            for h in self.handles))
+        scores, ids = merge_topk([a[0] for a in answers], [a[1] for a in answers], k)
+        return scores, ids, {i: row for a in answers for i, row in a[2].items()}
+
+
 api = FastAPI(title="xdr search", description="Cross-lingual dense retrieval over an xQG-augmented index.")
 
 
@@ -132,18 +183,28 @@ async def _invalid_request(request: Request, err: RequestValidationError) -> JSO
 @serve.ingress(api)
 class Router:
     """Validates, sheds load, and searches. Concurrent questions are batched here (@serve.batch with no
-    wait): one encoder pass and one call per shard serve every question that arrived while the previous
-    batch ran, so the cost of Serve's hops is paid per batch, not per question. The encoder runs in this
-    replica (`encoder` is its config) or in its own deployment (`encoder` is its handle)."""
+    wait): one encoder pass and one search serve every question that arrived while the previous batch
+    ran, so the per-call costs are paid per batch, not per question. `encoder` is the encoder's config (it
+    runs here) or its deployment's handle; `shards` is the index (searched here) or the shard handles."""
 
-    def __init__(self, encoder: DeploymentHandle | dict, shards: list[DeploymentHandle], limits: dict, info: dict,
-                 token: str | None):
-        self.shards, self.limits, self.info, self.token = shards, limits, info, token
+    def __init__(self, encoder: DeploymentHandle | dict, shards: list[DeploymentHandle] | dict, limits: dict,
+                 info: dict, token: str | None):
+        self.limits, self.info, self.token = limits, info, token
         self.encoder_handle = encoder if isinstance(encoder, DeploymentHandle) else None
         self.encoder = None if self.encoder_handle else _make_encoder(encoder)
+        self.local = InRouterShards(**shards) if isinstance(shards, dict) else None
+        self.remote = None if self.local else ShardDeployments(shards, limits["retry_s"])
         self._search_batch.set_max_batch_size(limits["batch_size"])
         self._search_batch.set_batch_wait_timeout_s(limits["batch_wait_s"])
         self.in_flight = 0
+        # Serve's threads (its event loops, Ray's core worker) take turns on the GIL: at Python's default of
+        # 5 ms a turn, each hand-over added milliseconds to a search that takes one
+        sys.setswitchinterval(0.001)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """nprobe of the shards searched here, changed live (the shard deployments take theirs)."""
+        if self.local is not None:
+            self.local.nprobe = int(user_config.get("nprobe", self.local.nprobe))
 
     def _admit(self) -> None:
         """Load shedding: past `max_inflight` searches in this replica, answer 503 at once. Queueing more
@@ -154,29 +215,38 @@ class Router:
                                 f"retry after {retry} s", headers={"Retry-After": str(retry)})
 
     async def _embed(self, texts: list[str]) -> np.ndarray:
-        if self.encoder_handle is not None:
-            return await self.encoder_handle.encode.remote(texts)
-        return await asyncio.to_thread(self.encoder.encode_queries, texts)  # keeps the event loop answering
+        return await call_with_retry(lambda: self.encoder_handle.encode.remote(texts), self.limits["retry_s"])
+
+    def _encode_and_search(self, texts: list[str], k: int, nprobe: int | None, columns: tuple[str, ...]) -> Found:
+        """Both in one worker thread: the whole search off the event loop in one hand-over."""
+        return self.local.search(self.encoder.encode_queries(texts), k, nprobe, columns)
+
+    async def _find(self, texts: list[str], k: int, nprobe: int | None, columns: tuple[str, ...]) -> Found:
+        if self.encoder is not None and self.local is not None:
+            # on this loop, not in a worker thread: one batch runs at a time anyway, and each hand-over to a
+            # thread and back cost more than the search (docs/BENCHMARKS.md, "The endpoint's cost")
+            return self._encode_and_search(texts, k, nprobe, columns)
+        query_emb = (await self._embed(texts) if self.encoder is None
+                     else await asyncio.to_thread(self.encoder.encode_queries, texts))
+        if self.local is not None:
+            return await asyncio.to_thread(self.local.search, query_emb, k, nprobe, columns)
+        return await self.remote.search(query_emb, k, nprobe, columns)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
-    async def _search_batch(self, items: list[tuple[str, int, int | None, bool]]) -> list[list[Hit]]:
+    async def _search_batch(self, items: list[tuple[str, int, int | None, bool]]) -> list[list[dict]]:
         """items: (question, k, nprobe, return_text). Questions with the same nprobe and columns share one
-        call per shard at the largest k among them; each gets its own top-k of the merged list."""
-        query_emb = await self._embed([item[0] for item in items])
+        search at the largest k among them; each gets its own top-k of the merged list."""
         groups: dict[tuple, list[int]] = {}
         for i, (_, _, nprobe, with_text) in enumerate(items):
             groups.setdefault((nprobe, with_text), []).append(i)
-        results: list[list[Hit]] = [[] for _ in items]
+        results: list[list[dict]] = [[] for _ in items]
 
         async def search_group(nprobe: int | None, with_text: bool, rows: list[int]) -> None:
             k = max(items[i][1] for i in rows)
             columns = ("id", "title", "text") if with_text else ("id",)
-            answers = await asyncio.gather(*(s.search.remote(query_emb[rows], k, nprobe, columns)
-                                             for s in self.shards))
-            scores, ids = merge_topk([a[0] for a in answers], [a[1] for a in answers], k)
-            docs = {i: row for a in answers for i, row in a[2].items()}
+            scores, ids, docs = await self._find([items[i][0] for i in rows], k, nprobe, columns)
             for j, i in enumerate(rows):
-                results[i] = [Hit(score=float(score), **docs[fid])
+                results[i] = [{"score": score, **docs[fid]}
                               for score, fid in zip(scores[j].tolist(), ids[j].tolist()) if fid >= 0][:items[i][1]]
 
         await asyncio.gather(*(search_group(nprobe, with_text, rows)
@@ -246,6 +316,15 @@ def read_token(config: ServeConfig) -> str | None:
     return os.environ.get(config.token_env) or None
 
 
+def shards_fit_router(config: ServeConfig, manifest: dict) -> bool:
+    """Whether the Router holds the shards itself: `shard_placement`, or for "auto" whether the vector
+    files (held in memory; ids and texts stay memory-mapped) fit in `router_max_index_gb`."""
+    if config.shard_placement != "auto":
+        return config.shard_placement == "router"
+    vector_bytes = sum(f["bytes"] for s in manifest["shards"] for f in s["files"] if f["uri"].endswith(".faissindex"))
+    return vector_bytes <= config.router_max_index_gb * 2**30
+
+
 def build_app(config: ServeConfig):
     """The Serve application for a config (index manifest read once, here)."""
     storage = Storage(config.storage)
@@ -267,22 +346,28 @@ def build_app(config: ServeConfig):
             autoscaling_config=scaling(config.encoder_replicas, config.encoder_batch_size / 2),
             max_ongoing_requests=inner_limit, ray_actor_options=replicas,
         ).bind(encoder_arg, config.encoder_batch_size, config.encoder_batch_wait_s)
-    shards = [IndexShard.options(name=f"IndexShard{s['shard']}", max_ongoing_requests=inner_limit,
-                                 autoscaling_config=scaling(config.shard_replicas, config.max_inflight / 2),
-                                 ray_actor_options=replicas, user_config={"nprobe": manifest["nprobe"]})
-              .bind(config.index, s["shard"], storage_dict, config.cache_dir) for s in manifest["shards"]]
+    in_router = shards_fit_router(config, manifest)
+    if in_router:
+        shards = {"index_root": config.index, "storage": storage_dict, "cache_dir": config.cache_dir}
+    else:
+        shards = [IndexShard.options(name=f"IndexShard{s['shard']}", max_ongoing_requests=inner_limit,
+                                     autoscaling_config=scaling(config.shard_replicas, config.max_inflight / 2),
+                                     ray_actor_options=replicas, user_config={"nprobe": manifest["nprobe"]})
+                  .bind(config.index, s["shard"], storage_dict, config.cache_dir) for s in manifest["shards"]]
     info = {"index": config.index, "factory": manifest["factory"], "dim": manifest["dim"],
             "vectors": manifest["vectors"], "shards": len(manifest["shards"]), "nprobe": manifest["nprobe"],
+            "shard_placement": "router" if in_router else "deployments",
             "source_run": manifest["source_run"], "encoder": encoder.model, "pooling": encoder.pooling}
     limits = {"max_queries": config.max_queries, "max_query_chars": config.max_query_chars,
               "max_k": config.max_k, "max_nprobe": manifest["nlist"], "max_inflight": config.max_inflight,
               "retry_after_s": config.retry_after_s, "batch_size": config.encoder_batch_size,
-              "batch_wait_s": config.encoder_batch_wait_s}
+              "batch_wait_s": config.encoder_batch_wait_s, "retry_s": config.replica_retry_s}
     # The slots above max_inflight let /healthz, /info and the quick 503s through while searches run;
     # Serve's own queue limit is the backstop should the Router replicas be saturated anyway.
     router = Router.options(
         ray_actor_options=replicas, autoscaling_config=scaling(config.router_replicas, config.max_inflight / 2),
         max_ongoing_requests=config.max_inflight + 32, max_queued_requests=config.max_inflight,
+        user_config={"nprobe": manifest["nprobe"]} if in_router else None,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s))
     return router.bind(encoder_arg, shards, limits, info, read_token(config))
 

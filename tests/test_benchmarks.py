@@ -135,3 +135,26 @@ def test_token_f1_is_squad_style_overlap():
     assert token_f1("Who wrote it?", "who wrote this") == pytest.approx(2 / 3)  # 2 shared of 3 and 3 tokens
     assert token_f1("a a b", "a c") == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))  # p 1/3, r 1/2
     assert token_f1("x", "y") == 0
+
+
+@pytest.mark.slow
+def test_serve_benchmark_runs_every_default_path_side_by_side_in_tiny_mode(tmp_path):
+    """bench_serve.py --tiny: the demo index built, then the library, the uvicorn app, Serve's floor and
+    `xdr serve` under wrk, on Serve's defaults and on the haproxy ingress. Every HTTP path answers every
+    question as the library does, without an error, and the ratio table is there."""
+    out = tmp_path / "serve.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"), "--tiny", "--work",
+                           str(tmp_path / "work"), "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(r["path"], r.get("serve_settings")): r for r in result["rows"]}
+    assert set(rows) == {("library", None), ("uvicorn", None), ("serve-noop", "default"), ("xdr", "default"),
+                         ("serve-noop", "haproxy"), ("xdr", "haproxy")}
+    for (path, _), row in rows.items():
+        assert row["answers_match"] is (None if path == "serve-noop" else True), row
+        assert all(lv["qps"] > 0 and lv["errors"] == 0 and lv["ok"] > 0 for lv in row["levels"]), row
+    assert [lv["clients"] for lv in rows[("xdr", "haproxy")]["levels"]] == [1, 4]
+    ratio = {(r["path"], r["serve_settings"], r["clients"]): r for r in result["ratios"]}
+    xdr, floor = rows[("xdr", "default")]["levels"][1], rows[("serve-noop", "default")]["levels"][1]
+    assert ratio[("xdr", "default", 4)]["vs_serve_floor"] == round(xdr["qps"] / floor["qps"], 2)
+    assert "× Serve floor" in done.stdout

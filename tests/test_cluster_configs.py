@@ -119,3 +119,22 @@ def test_cluster_image_is_in_step_with_pyproject_and_setup():
     for manifest in ("raycluster.yaml", "rayjob.yaml", "rayservice.yaml"):
         images = set(re.findall(r"image: (\S+)", (CLUSTER / "kuberay" / manifest).read_text(encoding="utf-8")))
         assert images == {f"ghcr.io/example/xdr:{project['version']}"}, (manifest, images)
+
+
+def test_cluster_image_sets_the_serve_settings_xdr_serve_sets_for_its_ingress():
+    """The image's ENV is what `xdr serve` sets locally for the haproxy ingress, less the 1 s drain (a
+    cluster's load balancer needs Serve's own 30 s), plus the proxy middleware; and the callback imports."""
+    import re
+    import shlex
+
+    from ray_jobs import serve_proxy
+
+    dockerfile = (CLUSTER / "Dockerfile").read_text(encoding="utf-8")
+    env_lines = re.findall(r"^ENV ((?:.*\\\n)*.*)$", dockerfile, re.M)
+    image_env = dict(item.split("=", 1) for line in env_lines for item in shlex.split(line.replace("\\\n", " ")))
+    wanted = serve_proxy.ingress_env("haproxy")
+    del wanted["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]
+    assert {k: image_env.get(k) for k in wanted} == wanted
+    module, _, name = image_env[serve_proxy.CALLBACK_ENV].partition(":")
+    middlewares = getattr(__import__(module, fromlist=[name]), name)()
+    assert [m.cls for m in middlewares] == [serve_proxy.LostReplicaAs503]

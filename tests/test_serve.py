@@ -1,7 +1,14 @@
 """The Serve endpoint over real HTTP on a local Ray, with the index built by the Ray job on S3 (SeaweedFS)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,7 +46,7 @@ def endpoint(ray_local, s3_server, tiny_models, tmp_path_factory):
     token_file.write_text(TOKEN + "\n")
     config = ServeConfig(index=f"{run}/index", port=free_port(), token_file=str(token_file), max_queries=4,
                          max_query_chars=100, max_k=20, cache_dir=str(tmp_path_factory.mktemp("cache")),
-                         encoder_replicas=(1, 1), shard_replicas=(1, 1), replica_cpus=0.1)
+                         router_replicas=(1, 1), encoder_replicas=(1, 1), shard_replicas=(1, 1), replica_cpus=0.1)
     url = serve_app.start(config, name="xdr-test")
     yield url, config, manifest, job
     serve.shutdown()
@@ -199,3 +206,130 @@ def test_schema_fuzzing_finds_no_server_error(endpoint):
 
     check()
     assert len(seen) >= 40 and {200, 422} <= set(seen)  # both valid and invalid requests were made
+
+
+def _statuses_under_load(url: str, seconds: float, during, clients: int = 6) -> Counter:
+    """Status codes (or exception names) of `clients` closed-loop callers over `seconds`; `during()` runs
+    in the middle of it. A 503 must say when to come back."""
+    seen: Counter = Counter()
+    deadline = time.monotonic() + seconds
+
+    def caller(i: int) -> None:
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                try:
+                    r = session.post(f"{url}/search", json={"queries": [f"Who discovered penicillin? {i}"], "k": 3},
+                                     headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+                    assert r.status_code != 503 or r.headers.get("Retry-After"), r.headers
+                    seen[r.status_code] += 1
+                    if r.status_code == 200:
+                        assert r.json()["results"][0][0]["id"] == "demo-024"
+                except requests.RequestException as err:
+                    seen[type(err).__name__] += 1
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds / 3)
+    during()
+    for t in threads:
+        t.join()
+    return seen
+
+
+def _kill_replica(app: str, deployment: str) -> int:
+    """SIGKILL the replica process of app's deployment (one replica); returns its pid."""
+    found = subprocess.run(["pgrep", "-f", f"ServeReplica:{app}:{deployment}(\\.|$)"], capture_output=True, text=True)
+    pids = [int(p) for p in found.stdout.split()]
+    assert len(pids) == 1, subprocess.run(["pgrep", "-af", "ServeReplica"], capture_output=True, text=True).stdout
+    os.kill(pids[0], signal.SIGKILL)
+    return pids[0]
+
+
+@pytest.mark.slow
+def test_shard_deployments_answer_as_in_router_and_a_killed_shard_replica_costs_no_request(endpoint):
+    """The layout for indexes that do not fit a router: one deployment per shard. Same answers as the
+    shards searched in the router; SIGKILL of a shard replica under load: every request still answered
+    (the router sends the call again to the restarted replica)."""
+    from ray import serve
+
+    from ray_jobs import serve_app
+
+    url, config, _, _ = endpoint
+    spread = config.model_copy(update={"shard_placement": "deployments"})
+    serve.run(serve_app.build_app(spread), name="xdr-spread", route_prefix="/spread")
+    try:
+        queries = ["Who discovered penicillin?", "Какая самая длинная река в Европе?", "日本で一番高い山は何ですか？"]
+        here, there = (_post(u, {"queries": queries, "k": 5}).json()["results"] for u in (url, f"{url}/spread"))
+        assert [[h["id"] for h in row] for row in here] == [[h["id"] for h in row] for row in there]
+        info = requests.get(f"{url}/spread/info", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
+        assert info["shard_placement"] == "deployments"
+        killed = []
+        seen = _statuses_under_load(f"{url}/spread", 24, lambda: killed.append(_kill_replica("xdr-spread",
+                                                                                             "IndexShard1")))
+    finally:
+        serve.delete("xdr-spread")
+    assert killed and set(seen) == {200} and seen[200] >= 30, seen
+
+
+@pytest.mark.slow
+def test_a_killed_router_replica_gets_its_requests_503_not_500(endpoint):
+    """Serve's Python proxy answers 500 for a request whose replica died; xdr's proxy middleware makes it
+    503 with Retry-After (a search can be retried), and the endpoint answers again once Serve has
+    replaced the replica."""
+    from ray import serve
+
+    from ray_jobs import serve_app
+
+    url, config, _, _ = endpoint
+    serve.run(serve_app.build_app(config), name="xdr-victim", route_prefix="/victim")
+    try:
+        seen = _statuses_under_load(f"{url}/victim", 24, lambda: _kill_replica("xdr-victim", "Router"))
+        after = _post(f"{url}/victim", {"queries": ["Who discovered penicillin?"], "k": 1})
+    finally:
+        serve.delete("xdr-victim")
+    assert set(seen) <= {200, 503} and seen[503] >= 1 and seen[200] >= 30, seen
+    assert after.status_code == 200
+
+
+@pytest.mark.slow
+def test_xdr_serve_on_haproxy_loses_no_request_when_a_router_replica_dies(endpoint, tmp_path):
+    """The default ingress, as `xdr serve` starts it on its own local Ray: HAProxy in front of two router
+    replicas. SIGKILL of one under load: HAProxy replays what it held on the other, so every request
+    gets its answer."""
+    from tests.s3_server import free_port as port_for
+
+    _, config, _, _ = endpoint
+    port, out = port_for(), tmp_path / "serve.out"
+    repo = Path(__file__).resolve().parent.parent
+    with open(out, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.cli", "serve", f"--index={config.index}",
+                                 f"--port={port}", f"--cache_dir={tmp_path / 'cache'}",
+                                 f"--token_file={config.token_file}", "--replica_cpus=0.1", "--router_replicas=[2,2]",
+                                 "--address", "local"],
+                                cwd=repo, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "XDR_LOG_DIR": str(tmp_path / "logs")})
+    try:
+        deadline = time.monotonic() + 240
+        while "serving" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()[-3000:]
+            time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}"
+        killed = []
+        seen = _statuses_under_load(url, 24, lambda: killed.append(_kill_first_router()))
+        assert killed and set(seen) == {200} and seen[200] >= 30, seen
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_first_router() -> int:
+    found = subprocess.run(["pgrep", "-f", r"ServeReplica:xdr:Router(\.|$)"], capture_output=True, text=True)
+    pids = sorted(int(p) for p in found.stdout.split())
+    assert len(pids) == 2, found.stdout
+    os.kill(pids[0], signal.SIGKILL)
+    return pids[0]

@@ -230,7 +230,25 @@ class ServeConfig(_Section):
     separate_encoder: bool = Field(
         False, description="Run the query encoder as its own deployment (e.g. on GPU replicas, scaled apart from "
         "routing) instead of inside each router replica (one hop less: the better choice on CPUs).")
-    router_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of the router.")
+    ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy", description="How HTTP reaches the router when `xdr serve` starts its own Ray (on a cluster, the "
+        "cluster's environment decides: cluster/Dockerfile). haproxy: Serve's HAProxy forwards to an HTTP server in "
+        "each router replica (no Python proxy hop; a request whose replica dies is replayed on another; "
+        "HAProxy's metrics and stats ports, 9101 and 8404, listen on all interfaces); proxy: Serve's Python proxy "
+        "(a request whose router replica dies gets 503 + Retry-After).")
+    shard_placement: Literal["auto", "router", "deployments"] = Field(
+        "auto", description="Where the shards are searched. router: in each router replica's own process (one "
+        "Serve hop per request, the cheapest); deployments: one deployment per shard, called in parallel (for an "
+        "index larger than one replica's memory, spread over nodes); auto: router when the vector files total at "
+        "most router_max_index_gb.")
+    router_max_index_gb: float = Field(4.0, gt=0, description="With shard_placement auto: the largest index (GiB "
+                                       "of vector files) a router replica holds itself.")
+    replica_retry_s: float = Field(
+        25.0, ge=0, description="A call to an encoder or shard replica that died is sent again (to a live or "
+        "restarted replica) for up to this long before the request fails.")
+    router_replicas: tuple[int, int] = Field(
+        (2, 4), description="(min, max) autoscaling replicas of the router; with two or more, a router that dies "
+        "costs no request under the haproxy ingress.")
     encoder_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of the encoder "
                                                   "(with separate_encoder).")
     shard_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of each shard.")

@@ -126,16 +126,25 @@ class ShardedSearcher:
                        for s in self.manifest["shards"]]
 
     def search(self, query_emb: np.ndarray, k: int, nprobe: int | None = None) -> Hits:
-        results = [shard.search(query_emb, k, nprobe) for shard in self.shards]
-        scores, ids = merge_topk([r[0] for r in results], [r[1] for r in results], k)
+        scores, ids = self.search_ids(query_emb, k, nprobe)
         return Hits(scores, self.passage_ids(ids))
 
-    def passage_ids(self, faiss_ids: np.ndarray) -> list[list[str | None]]:
-        lookup = {}
+    def search_ids(self, query_emb: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The merged top-k as faiss ids: (scores [Q, k], int64 ids [Q, k]; -1 where missing)."""
+        results = [shard.search(query_emb, k, nprobe) for shard in self.shards]
+        return merge_topk([r[0] for r in results], [r[1] for r in results], k)
+
+    def docs(self, faiss_ids: np.ndarray, columns: tuple[str, ...] = ("id",)) -> dict[int, dict]:
+        """faiss id -> {column: value} for every valid id, each read from the shard that holds it."""
+        found = {}
         for shard in self.shards:
-            wanted = faiss_ids[(faiss_ids >= shard.first_id) & (faiss_ids < shard.first_id + shard.size)]
-            lookup.update(zip(wanted.tolist(), (r["id"] for r in shard.lookup(wanted))))
-        return [[lookup.get(i) for i in row] for row in faiss_ids.tolist()]
+            wanted = np.unique(faiss_ids[(faiss_ids >= shard.first_id) & (faiss_ids < shard.first_id + shard.size)])
+            found.update(zip(wanted.tolist(), shard.lookup(wanted, columns)))
+        return found
+
+    def passage_ids(self, faiss_ids: np.ndarray) -> list[list[str | None]]:
+        docs = self.docs(faiss_ids)
+        return [[docs[i]["id"] if i in docs else None for i in row] for row in faiss_ids.tolist()]
 
 
 class ExactSearcher:
