@@ -316,7 +316,7 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", choices=["library", "uvicorn", *SERVE_PATHS])
     parser.add_argument("--serve-settings", nargs="+", choices=list(SERVE_SETTINGS))
     parser.add_argument("--tiny", action="store_true", help="1 and 4 clients, 2 s a level; paths library, uvicorn, "
-                        "serve-noop and xdr (unless --paths says)")
+                        "serve-noop and xdr, Serve setting haproxy (unless --paths, --serve-settings say)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--serve-group", help=argparse.SUPPRESS)
     parser.add_argument("--group-out", help=argparse.SUPPRESS)
@@ -324,6 +324,7 @@ def main() -> None:
     if args.tiny:
         args.clients, args.duration = [1, 4], 2.0
         args.paths = args.paths or ["library", "uvicorn", "serve-noop", "xdr"]
+        args.serve_settings = args.serve_settings or ["haproxy"]
     args.paths = args.paths or ["library", "uvicorn", *SERVE_PATHS]
     args.serve_settings = args.serve_settings or list(SERVE_SETTINGS)
     args.script = wrk_script(args.k)

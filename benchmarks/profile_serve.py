@@ -90,10 +90,10 @@ def main() -> None:
 
     for name, value in serve_proxy.ingress_env(args.ingress).items():
         os.environ[name] = value  # before Ray starts: Serve reads them in its own processes
+    import bench_serve
     import ray
     from ray import serve
 
-    import bench_serve
     from ray_jobs import serve_app
     from ray_jobs.common import free_port, quiet_ray_logs
     from xdr.config import ServeConfig

@@ -134,7 +134,6 @@ class InRouterShards:
         self.nprobe = self.searcher.manifest["nprobe"]
 
     def search(self, query_emb: np.ndarray, k: int, nprobe: int | None, columns: tuple[str, ...]) -> Found:
-        """Blocking (faiss releases the GIL): the Router calls it in a worker thread."""
         scores, ids = self.searcher.search_ids(query_emb, k, nprobe or self.nprobe)
         return scores, ids, self.searcher.docs(ids, columns)
 
@@ -214,22 +213,17 @@ class Router:
             raise HTTPException(503, f"the endpoint is at capacity ({self.in_flight} searches in flight); "
                                 f"retry after {retry} s", headers={"Retry-After": str(retry)})
 
-    async def _embed(self, texts: list[str]) -> np.ndarray:
-        return await call_with_retry(lambda: self.encoder_handle.encode.remote(texts), self.limits["retry_s"])
-
-    def _encode_and_search(self, texts: list[str], k: int, nprobe: int | None, columns: tuple[str, ...]) -> Found:
-        """Both in one worker thread: the whole search off the event loop in one hand-over."""
-        return self.local.search(self.encoder.encode_queries(texts), k, nprobe, columns)
-
     async def _find(self, texts: list[str], k: int, nprobe: int | None, columns: tuple[str, ...]) -> Found:
-        if self.encoder is not None and self.local is not None:
-            # on this loop, not in a worker thread: one batch runs at a time anyway, and each hand-over to a
-            # thread and back cost more than the search (docs/BENCHMARKS.md, "The endpoint's cost")
-            return self._encode_and_search(texts, k, nprobe, columns)
-        query_emb = (await self._embed(texts) if self.encoder is None
-                     else await asyncio.to_thread(self.encoder.encode_queries, texts))
+        """Encode and search. What runs in this process runs on the event loop, not in a worker thread: one
+        batch runs at a time anyway, and the hand-over to a thread and back cost more than the search
+        itself (docs/BENCHMARKS.md, "The endpoint's cost")."""
+        if self.encoder is not None:
+            query_emb = self.encoder.encode_queries(texts)
+        else:
+            query_emb = await call_with_retry(lambda: self.encoder_handle.encode.remote(texts),
+                                              self.limits["retry_s"])
         if self.local is not None:
-            return await asyncio.to_thread(self.local.search, query_emb, k, nprobe, columns)
+            return self.local.search(query_emb, k, nprobe, columns)
         return await self.remote.search(query_emb, k, nprobe, columns)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)

@@ -233,7 +233,8 @@ class ServeConfig(_Section):
     ingress: Literal["haproxy", "proxy"] = Field(
         "haproxy", description="How HTTP reaches the router when `xdr serve` starts its own Ray (on a cluster, the "
         "cluster's environment decides: cluster/Dockerfile). haproxy: Serve's HAProxy forwards to an HTTP server in "
-        "each router replica (no Python proxy hop; a request whose replica dies is replayed on another; "
+        "each router replica (no Python proxy hop; a request whose replica dies is replayed on another, "
+        "nearly always; "
         "HAProxy's metrics and stats ports, 9101 and 8404, listen on all interfaces); proxy: Serve's Python proxy "
         "(a request whose router replica dies gets 503 + Retry-After).")
     shard_placement: Literal["auto", "router", "deployments"] = Field(
@@ -247,8 +248,8 @@ class ServeConfig(_Section):
         25.0, ge=0, description="A call to an encoder or shard replica that died is sent again (to a live or "
         "restarted replica) for up to this long before the request fails.")
     router_replicas: tuple[int, int] = Field(
-        (2, 4), description="(min, max) autoscaling replicas of the router; with two or more, a router that dies "
-        "costs no request under the haproxy ingress.")
+        (2, 4), description="(min, max) autoscaling replicas of the router; with two or more, HAProxy replays the "
+        "requests of a router that dies on another (haproxy ingress).")
     encoder_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of the encoder "
                                                   "(with separate_encoder).")
     shard_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of each shard.")
