@@ -159,3 +159,22 @@ def test_serve_benchmark_runs_every_default_path_side_by_side_in_tiny_mode(tmp_p
     xdr, floor = rows[("xdr", "haproxy")]["levels"][1], rows[("serve-noop", "haproxy")]["levels"][1]
     assert ratio[("xdr", "haproxy", 4)]["vs_serve_floor"] == round(xdr["qps"] / floor["qps"], 2)
     assert "× Serve floor" in done.stdout
+
+
+@pytest.mark.slow
+def test_serve_profile_runs_on_the_demo_index(tmp_path):
+    """profile_serve.py as docs/BENCHMARKS.md gives it, at one client for 2 s: the Router's CPU per request
+    is counted and its py-spy samples are sorted, encoding among them."""
+    build = ("import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); import bench_serve; "
+             f"print(bench_serve.demo_index(Path({str(tmp_path / 'work')!r})))")
+    made = subprocess.run([sys.executable, "-c", build], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-3000:]
+    index, out = made.stdout.strip().splitlines()[-1], tmp_path / "profile.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_serve.py"), "--index", index,
+                           "--ingress", "haproxy", "--clients", "1", "--duration", "2", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["qps"] > 0 and level["cpu_ms_per_request"]["Router replica"] > 0
+    assert level["router_work"] and level["router_work"].get("encode", 0) > 0
+    assert abs(sum(level["router_work"].values()) - 1) < 0.01
