@@ -6,7 +6,7 @@ plus the USE module, an encoder training step and IVF k-means (issue 12).
 
 No Ray and no download: mBERT-base and mT5-base are built from their configs with random weights, inputs
 are synthetic token ids with realistic lengths (passages 130-170 tokens cut to 128, queries 8-32). The
-project's own stage classes (xdr.encoder.Encoder, xdr.generator.QueryGenerator) are measured, side by side
+project's own stage classes (xdr.models.encoder.Encoder, xdr.models.generator.QueryGenerator) are measured, side by side
 with the seed-style loop of the public xQG code (fp16 autocast, padded to the longest, batch 128, one
 `generate` call per language). Prints a table; --json writes the figures.
 """
@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from xdr.config import EncoderConfig, GeneratorConfig  # noqa: E402
-from xdr.encoder import Encoder  # noqa: E402
-from xdr.generator import QueryGenerator, sequence_key  # noqa: E402
+from xdr.models.encoder import Encoder  # noqa: E402
+from xdr.models.generator import QueryGenerator, sequence_key  # noqa: E402
 
 LANGUAGES = ["ar", "bn", "fi", "ja", "ko", "ru", "te"]
 
@@ -63,7 +63,7 @@ def ceilings(device: torch.device, tiny: bool) -> dict:
 def build_models(tiny: bool):
     from transformers import BertConfig, BertModel, MT5Config, MT5ForConditionalGeneration
 
-    from xdr.tiny_models import build_tiny_models
+    from xdr.models.tiny import build_tiny_models
 
     tokenizers = build_tiny_models(REPO / "bench-output" / "models")  # only their tokenizers are used here
     if tiny:
@@ -185,7 +185,7 @@ def bench_generator(model, tokenizer, device, ceiling_tflops, rng, tiny: bool) -
 def bench_use(device, rng, tiny: bool) -> dict:
     """USE v3 as the PyTorch module (random weights of the real shapes: the package is not on the GPU
     machine), sentences of 8-40 tokens, fp32 and bf16 autocast."""
-    from xdr.use_model import UseModel
+    from xdr.models.use_model import UseModel
 
     model = (UseModel(vocab_size=2000) if tiny else UseModel()).to(device).eval()
     n, batch = (256, 128) if tiny else (131_072, 4096)
@@ -281,11 +281,11 @@ def bench_ivf(device, rng, tiny: bool) -> dict:
 
 
 def bench_index_build(rng, tiny: bool) -> dict:
-    """The build job's own calls (xdr.index, issue 21): train_index and the add's list assignment, on the CPU
+    """The build job's own calls (xdr.index.build, issue 21): train_index and the add's list assignment, on the CPU
     and, when this faiss has GPUs (the faiss-gpu-cu12 wheel carried instead of faiss-cpu), with use_gpu."""
     import faiss
 
-    from xdr import index as xindex
+    from xdr.index import build as xindex
 
     n, d, factory = (12_000, 64, "IVF64,PQ8np") if tiny else (1_000_000, 768, "IVF4096,PQ64np")
     x = rng.standard_normal((n, d), dtype=np.float32)

@@ -29,9 +29,9 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdr.search import ExactSearcher, ShardedSearcher  # noqa: E402
-from xdr.storage import Storage  # noqa: E402
-from xdr.synthetic import clustered_vectors, write_run  # noqa: E402
+from xdr.index.search import ExactSearcher, ShardedSearcher  # noqa: E402
+from xdr.ingest.synthetic import clustered_vectors, write_run  # noqa: E402
+from xdr.io.storage import Storage  # noqa: E402
 
 # Overlapping clusters (noise as large as the centres), so that IVF probing and PQ both matter.
 CLUSTERS, SPREAD = 256, 1.0
@@ -105,7 +105,7 @@ def endpoint(work: Path, n: int, requests_n: int) -> dict:
     from ray_jobs.common import free_port
     from xdr import client
     from xdr.config import EncoderConfig, ServeConfig
-    from xdr.encoder import make_encoder
+    from xdr.models.encoder import make_encoder
 
     built = build(work, n, 512, "IVF256,PQ32np", 20_000, shards=2)
     index = f"{built['run']}/index"

@@ -51,9 +51,9 @@ def write_corpus(path: Path, n: int) -> Path:
 
 def run_direct(config) -> None:
     """The same stage classes, one process, part after part."""
-    from xdr.stages import EmbedPartStage, GenerateQueriesStage
-    from xdr.storage import Storage
-    from xdr.validation import validate_corpus
+    from xdr.ingest.validation import validate_corpus
+    from xdr.io.storage import Storage
+    from xdr.pipeline.stages import EmbedPartStage, GenerateQueriesStage
 
     summary = validate_corpus(Storage(), config.corpus, config.output)
     generate, embed = GenerateQueriesStage(config), EmbedPartStage(config)
@@ -78,7 +78,7 @@ def run_ray(config) -> float:
 
 
 def child(mode: str, passages: int, work: Path) -> None:
-    from xdr.tiny_models import build_tiny_models
+    from xdr.models.tiny import build_tiny_models
 
     models = build_tiny_models(work / "models")
     corpus = work / f"corpus-{passages}.jsonl"

@@ -8,7 +8,7 @@ For each size N: a synthetic corpus as a user brings it (benchmarks/synthetic_co
 gzip JSON lines, half plain TSV, planted bad rows and duplicated ids), then the real jobs as a user runs
 them, each in its own process on a fresh local Ray: `xdr index` (validation, generation, encoding +
 fusion), `xdr build-index`, `xdr serve` and questions over HTTP. The models are the stand-ins of
-xdr/stand_ins.py (`stand-in:lead-words` writes 1 query per passage in 1 language; `stand-in:hashing-64`
+xdr/models/stand_ins.py (`stand-in:lead-words` writes 1 query per passage in 1 language; `stand-in:hashing-64`
 encodes): everything else is the production code. A sampler reads every process's memory and CPU time
 each 0.5 s, keyed by what it runs (the driver, `ray::validate_unit`, the actors, `ray::add_part`, the
 serving replicas). At `--resume-at` the indexing driver is killed (SIGKILL, with its Ray) once half the
@@ -172,7 +172,7 @@ def _recompute_equal(run: Path, config: dict, parts: list[int], scratch: Path) -
     import shutil
 
     from xdr.config import IndexingJobConfig
-    from xdr.stages import EmbedPartStage, GenerateQueriesStage
+    from xdr.pipeline.stages import EmbedPartStage, GenerateQueriesStage
 
     cfg = IndexingJobConfig.model_validate({**config, "output": str(scratch)})
     generate, embed = GenerateQueriesStage(cfg), EmbedPartStage(cfg)

@@ -142,9 +142,9 @@ def load_path(name: str, url: str, args, expected: list[list[str]] | None) -> di
 def library(index: str, k: int, duration_s: float):
     """(the one-caller row, the expected ids per question)."""
     from xdr.config import EncoderConfig
-    from xdr.encoder import make_encoder
-    from xdr.search import ShardedSearcher
-    from xdr.storage import Storage
+    from xdr.index.search import ShardedSearcher
+    from xdr.io.storage import Storage
+    from xdr.models.encoder import make_encoder
 
     manifest = json.loads(Storage().read_bytes(f"{index}/manifest.json"))
     encoder = make_encoder(EncoderConfig.model_validate(manifest["encoder"]))
@@ -361,8 +361,8 @@ def demo_index(work: Path) -> str:
     from ray_jobs import build_index, index_corpus
     from ray_jobs.cli import DEMO_CONFIG
     from ray_jobs.common import quiet_ray_logs
-    from xdr import tiny_models
     from xdr.config import IndexBuildConfig, IndexingJobConfig
+    from xdr.models import tiny as tiny_models
 
     index = work / "run" / "index"
     if (index / "manifest.json").exists():

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_scale import Sampler  # noqa: E402
 from benchmarks.synthetic_corpus import write_corpus  # noqa: E402
 from xdr.config import CorpusConfig  # noqa: E402
-from xdr.storage import Storage  # noqa: E402
+from xdr.io.storage import Storage  # noqa: E402
 
 TASKS = ("validate_unit", "find_duplicates", "cut_unit", "assemble_part")
 
@@ -40,7 +40,7 @@ def _validate_on_ray(config: CorpusConfig, run: str, cpus: int) -> dict:
     import ray
 
     from ray_jobs.tasks import RayTasks
-    from xdr.validation import validate_corpus
+    from xdr.ingest.validation import validate_corpus
 
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
@@ -58,7 +58,7 @@ def _validate_on_ray(config: CorpusConfig, run: str, cpus: int) -> dict:
 
 
 def _single_reader(config: CorpusConfig, run: str) -> dict:
-    from tests.reference_validation import single_reader_parts
+    from tests.support.reference_validation import single_reader_parts
 
     start = time.perf_counter()
     counts = single_reader_parts(Storage(), config, run)

@@ -35,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xdr.storage import Storage  # noqa: E402
+from xdr.io.storage import Storage  # noqa: E402
 from xdr.train.data import load_xquad  # noqa: E402
 
 SPACED = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "tr", "vi")

@@ -35,9 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from xdr.config import GeneratorConfig, TrainGeneratorConfig  # noqa: E402
-from xdr.generator import QueryGenerator  # noqa: E402
-from xdr.storage import Storage  # noqa: E402
-from xdr.tiny_models import _training_text, build_generator  # noqa: E402
+from xdr.io.storage import Storage  # noqa: E402
+from xdr.models.generator import QueryGenerator  # noqa: E402
+from xdr.models.tiny import build_generator, tokenizer_training_text  # noqa: E402
 from xdr.train.data import load_xquad  # noqa: E402
 
 UNSPACED = {"zh", "th"}
@@ -119,7 +119,7 @@ def main() -> None:
     texts += [q for item in seen.items for q in item.question.values()]
     base = args.out / "base"
     if not (base / "config.json").exists():
-        build_generator(base, _training_text(texts), **size)
+        build_generator(base, tokenizer_training_text(texts), **size)
     languages = [x for x in seen.languages if x != "en"]
 
     import ray

@@ -28,9 +28,9 @@ class Question(BaseModel):
 @cache
 def _searcher():
     from xdr.config import EncoderConfig
-    from xdr.encoder import make_encoder
-    from xdr.search import ShardedSearcher
-    from xdr.storage import Storage
+    from xdr.index.search import ShardedSearcher
+    from xdr.io.storage import Storage
+    from xdr.models.encoder import make_encoder
 
     index = os.environ["XDR_BENCH_INDEX"]
     manifest = json.loads(Storage().read_bytes(f"{index}/manifest.json"))

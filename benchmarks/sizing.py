@@ -39,11 +39,11 @@ def non_model_cost(passages: int = 10_000) -> dict:
     """Seconds per passage of the two stages' own work at 35 queries a passage (stand-in models' time
     taken out)."""
     from benchmarks.synthetic_corpus import _texts
-    from xdr import schemas
     from xdr.config import IndexingJobConfig
-    from xdr.layout import RunLayout
-    from xdr.stages import EmbedPartStage, GenerateQueriesStage
-    from xdr.storage import Storage
+    from xdr.io import schemas
+    from xdr.io.layout import RunLayout
+    from xdr.io.storage import Storage
+    from xdr.pipeline.stages import EmbedPartStage, GenerateQueriesStage
 
     texts = _texts(0)
     rows = [{"id": f"p{i}", "title": f"Title {i}", "text": texts[i % len(texts)], "lang": "en"}

@@ -46,13 +46,13 @@ def _demo(argv: list[str]) -> None:
     parser.add_argument("--verbose", action="store_true", help="show Ray's own log lines on the terminal")
     args = parser.parse_args(argv)
 
-    import ray
     from ray import serve
 
     from ray_jobs import build_index, index_corpus, serve_app, serve_proxy
-    from ray_jobs.common import free_port, quiet_ray_logs, ray_log_file, ray_log_note, setup_logging
-    from xdr import client, tiny_models
+    from ray_jobs.common import free_port, job_session, quiet_ray_logs, ray_log_note, setup_logging
+    from xdr import client
     from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig
+    from xdr.models import tiny as tiny_models
 
     out = Path(args.output).resolve()
     run_dir = out / "run"
@@ -66,11 +66,10 @@ def _demo(argv: list[str]) -> None:
     config = IndexingJobConfig.model_validate(data)
 
     setup_logging()
-    log_file = None if args.verbose else ray_log_file("demo")
-    quiet = quiet_ray_logs(log_file) if log_file else {}
     serve_proxy.configure_ingress("proxy")  # the demo's endpoint listens on loopback only
-    ray.init(address="local", num_cpus=2, include_dashboard=False, **quiet)  # never join a stale cluster
-    try:
+    # address "local": a fresh Ray, never a stale cluster's
+    with job_session("demo", verbose=args.verbose, address="local", num_cpus=2, include_dashboard=False,
+                     stop_hint="rerun with --resume to resume") as log_file:
         manifest = index_corpus.run_indexing(config, progress_every_s=1.0)
         print("\n" + index_corpus.format_summary(manifest))
         queries = pq.read_table(run_dir / "queries" / "part-00000.parquet").slice(0, 3).to_pylist()
@@ -93,8 +92,6 @@ def _demo(argv: list[str]) -> None:
             print(client.format_hits(question, hits) + "\n")
         serve.shutdown()
         note = ray_log_note(log_file)
-    finally:
-        ray.shutdown()
     print(f"run folder: {run_dir} (manifest.json, queries/, embeddings/, index/)")
     if note:
         print(note)
@@ -106,6 +103,7 @@ def _config_reference(_: list[str]) -> None:
 
 def all_config_references() -> str:
     from xdr.config import (
+        EvaluateConfig,
         IndexBuildConfig,
         IndexingJobConfig,
         ServeConfig,
@@ -124,7 +122,8 @@ def all_config_references() -> str:
         ("Generator training job (`xdr train-generator`, `ray_jobs.train_generator`)", TrainGeneratorConfig),
         ("Training data source (each item of `train` and `validation`)", TrainDataConfig),
         ("Index tuning job (`xdr tune-index`, `ray_jobs.tune_index`)", TuneIndexConfig),
-        ("Training experiment (`xdr sweep`, `ray_jobs.sweep`)", SweepConfig)))
+        ("Training experiment (`xdr sweep`, `ray_jobs.sweep`)", SweepConfig),
+        ("Evaluation job (`xdr evaluate`, `ray_jobs.evaluate`)", EvaluateConfig)))
 
 
 def config_reference(model, prefix: str = "") -> str:
@@ -146,7 +145,7 @@ def _build_tiny_models(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="xdr build-tiny-models")
     parser.add_argument("out_dir")
     args = parser.parse_args(argv)
-    from xdr.tiny_models import build_tiny_models
+    from xdr.models.tiny import build_tiny_models
 
     for name, path in build_tiny_models(args.out_dir).items():
         print(f"{name}: {path}")
@@ -171,51 +170,32 @@ def _serve(argv: list[str]) -> None:
     from ray import serve
 
     from ray_jobs import serve_app, serve_proxy
-    from ray_jobs.common import (
-        connect_ray,
-        fail,
-        parse_job_args,
-        quiet_ray_logs,
-        ray_log_file,
-        ray_log_note,
-        run_preflight,
-        setup_logging,
-        stop_on_sigterm,
-        stopped_by,
-    )
+    from ray_jobs.common import job_session, parse_job_args, quiet_ray_logs, ray_log_note, run_preflight, setup_logging
     from xdr.config import ServeConfig
 
     setup_logging()
     args, config = parse_job_args("Serve a built index over HTTP.", argv, ServeConfig)
     if run_preflight(config, args):
         return
-    log_file = None if args.verbose else ray_log_file("serve")
-    ours = not ray.is_initialized()
     serve_proxy.configure_ingress(config.ingress, config.retry_after_s)  # read by the Serve of a Ray started here
-    connect_ray(args.address, log_file=log_file)
-    stop_on_sigterm()  # while the replicas start; once they serve, sigwait below takes the signals
-    try:
-        url = serve_app.start(config)
-        if log_file:
-            quiet_ray_logs(log_file)
-        print(f"serving {config.index} on {url} (POST /search, GET /info, /healthz, /docs); Ctrl-C stops it",
-              flush=True)
-        if log_file:
-            print(ray_log_note(log_file), flush=True)
-        stop = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # delivered to sigwait, not as KeyboardInterrupt
-        received = signal.sigwait(stop)
-        print(f"{signal.Signals(received).name}: stopping the endpoint", flush=True)
-    except KeyboardInterrupt as stop:
-        print(f"stopped ({stopped_by(stop)}) before the endpoint served", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
-    except Exception as err:  # noqa: BLE001 -- reported as every job reports a failure
-        fail(err, log_file)
-    finally:
-        if ours:
-            ray.shutdown()  # a local Ray this command started stops with it, the application in it at once
-        else:
-            serve.shutdown()  # on a cluster, take the application down gracefully
+    ours = not ray.is_initialized()
+    with job_session("serve", verbose=args.verbose, address=args.address,
+                     stop_hint="the endpoint stopped before it served") as log_file:
+        try:
+            url = serve_app.start(config)
+            if log_file:
+                quiet_ray_logs(log_file)
+            print(f"serving {config.index} on {url} (POST /search, GET /info, /healthz, /docs); Ctrl-C stops it",
+                  flush=True)
+            if log_file:
+                print(ray_log_note(log_file), flush=True)
+            stop = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # delivered to sigwait, not as KeyboardInterrupt
+            received = signal.sigwait(stop)
+            print(f"{signal.Signals(received).name}: stopping the endpoint", flush=True)
+        finally:
+            if not ours and ray.is_initialized():
+                serve.shutdown()  # on a cluster, take the application down gracefully; a local Ray stops whole
 
 
 def _search(argv: list[str]) -> None:
@@ -265,20 +245,9 @@ def _sweep(argv: list[str]) -> None:
 
 
 def _evaluate(argv: list[str]) -> None:
-    import signal
+    from ray_jobs.evaluate import main as evaluate_main
 
-    from ray_jobs.common import stop_on_sigterm, stopped_by
-    from xdr.eval.run import main as evaluate_main
-
-    previous = signal.getsignal(signal.SIGTERM)
-    stop_on_sigterm()
-    try:
-        evaluate_main(argv)
-    except KeyboardInterrupt as stop:
-        print(f"stopped ({stopped_by(stop)})", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    evaluate_main(argv)
 
 
 COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,

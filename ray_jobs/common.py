@@ -12,11 +12,13 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
-from xdr.config import IndexingJobConfig, load_model
+from xdr.config import IndexingJobConfig, load_job_config
 
 log = logging.getLogger("xdr")
 
@@ -51,7 +53,7 @@ def parse_job_args(description: str, argv: list[str] | None = None,
         overrides.append(f"{key.replace('-', '_')}={value}")
         i += 1
     try:
-        config = load_model(model_cls, args.config, overrides)
+        config = load_job_config(model_cls, args.config, overrides)
     except (OSError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
     return args, config
@@ -129,13 +131,14 @@ def _started_cluster_address() -> str:
     return "local"
 
 
-def connect_ray(address: str | None = None, *, log_file: Path | None = None) -> None:
+def connect_ray(address: str | None = None, *, log_file: Path | None = None, **init_options) -> None:
     """Join the cluster a `ray job submit` runs in (RAY_ADDRESS), or start a local Ray. With a log file,
     Ray's own lines go there instead of the terminal (see quiet_ray_logs)."""
     if ray.is_initialized():
         return
     kwargs = quiet_ray_logs(log_file) if log_file else {"logging_level": logging.WARNING}
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or _started_cluster_address(), **kwargs)
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or _started_cluster_address(), **kwargs,
+             **init_options)
     if log_file:
         quiet_ray_logs(log_file)
     log.info("Ray resources: %s", ray.cluster_resources())
@@ -229,31 +232,47 @@ def fail(err: Exception, log_file: Path | None) -> None:
             traceback.print_exception(err, file=out)
     else:
         traceback.print_exception(err)
-    print(f"error: {root_cause(err)}\n(full traceback in {log_file or 'the output above'})", file=sys.stderr,
-          flush=True)
+    cause = root_cause(err)
+    if ray_is_down():
+        cause = f"the Ray node under this job died ({cause}); start Ray again (or let a local one start) and " \
+                f"{RESUME_HINT}"
+    print(f"error: {cause}\n(full traceback in {log_file or 'the output above'})", file=sys.stderr, flush=True)
     raise SystemExit(1) from None
 
 
-def run_job(description: str, argv: list[str] | None, model_cls, job, summary) -> dict:
-    """The body of every job's main(): arguments and config, logging, the preflight checks, Ray, the job,
-    its summary. A failure ends as one line on stderr (the root cause, not Ray's wrapper; the traceback
-    goes to the log file) and exit status 1; SIGINT / SIGTERM stop the job and its local Ray."""
-    setup_logging()
-    args, config = parse_job_args(description, argv, model_cls)
-    if run_preflight(config, args):
-        return {}
-    log_file = None if args.verbose else ray_log_file(model_cls.__name__.removesuffix("Config").lower())
+RESUME_HINT = "rerun the same command to resume"
+
+
+def ray_is_down() -> bool:
+    """True when this driver was connected to Ray and the cluster no longer answers (its node died)."""
+    if not ray.is_initialized():
+        return False
+    answer: list[bool] = []
+    probe = threading.Thread(target=lambda: answer.append(bool(ray.nodes())), daemon=True)
+    probe.start()
+    probe.join(timeout=10)
+    return not answer
+
+
+@contextmanager
+def job_session(command: str, *, verbose: bool = False, address: str | None = None, uses_ray: bool = True,
+                stop_hint: str = RESUME_HINT, **init_options) -> Iterator[Path | None]:
+    """The lifecycle every command shares, around its work: Ray's own log lines to a file unless `verbose`
+    (yields that file, or None), Ray joined or started (`uses_ray`), SIGTERM handled like Ctrl-C (exit 130
+    and `stop_hint`), any failure as one line on stderr and exit 1 (the Ray node's death said as such), and a
+    local Ray this command started stopped at the end. A caller's Ray (tests, notebooks) is left running."""
+    log_file = None if verbose else ray_log_file(command)
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.getsignal(signal.SIGTERM) if on_main_thread else None
-    ours = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is left running
+    ours = not ray.is_initialized()
     try:
-        connect_ray(args.address, log_file=log_file)
+        if uses_ray:
+            connect_ray(address, log_file=log_file, **init_options)
         if on_main_thread:
             stop_on_sigterm()
-        manifest = job(config)
-        note = ray_log_note(log_file)
+        yield log_file
     except KeyboardInterrupt as stop:
-        print(f"stopped ({stopped_by(stop)}); rerun the same command to resume", file=sys.stderr, flush=True)
+        print(f"stopped ({stopped_by(stop)}); {stop_hint}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     except Exception as err:  # noqa: BLE001 -- every failure is reported the same way
         fail(err, log_file)
@@ -262,6 +281,19 @@ def run_job(description: str, argv: list[str] | None, model_cls, job, summary) -
             ray.shutdown()  # a local Ray this driver started stops with it; a cluster is only left
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def run_job(description: str, argv: list[str] | None, model_cls, job, summary, *, uses_ray: bool = True) -> dict:
+    """The body of every batch job's main(): arguments and config, logging, the preflight checks, then the
+    job in `job_session` and its summary."""
+    setup_logging()
+    args, config = parse_job_args(description, argv, model_cls)
+    if run_preflight(config, args):
+        return {}
+    command = model_cls.__name__.removesuffix("Config").lower()
+    with job_session(command, verbose=args.verbose, address=args.address, uses_ray=uses_ray) as log_file:
+        manifest = job(config)
+        note = ray_log_note(log_file)
     print(summary(manifest), flush=True)
     if note:
         print(note, flush=True)

@@ -4,7 +4,7 @@
     ray job submit --working-dir . -- python -m ray_jobs.index_corpus --config ...
 
 1. Ray tasks read and validate the corpus in parallel (files and byte ranges), find duplicate ids by
-   hash partition, and cut passages/ and rejects/ parts (xdr.validation); the outcome is committed once
+   hash partition, and cut passages/ and rejects/ parts (xdr.ingest.validation); the outcome is committed once
    to validation.json, so a rerun never reads the corpus again.
 2. A Ray Data pipeline over the part numbers streams each part through a generator actor pool and an
    encoder actor pool; each actor writes its part's file to storage and returns a small summary.
@@ -23,12 +23,12 @@ import ray
 from ray_jobs.common import STALL_S, gpus_per_actor, on_terminal, run_job, workers_logs
 from ray_jobs.tasks import RayTasks
 from xdr.config import IndexingJobConfig
-from xdr.layout import RunLayout
-from xdr.manifest import begin_run, finish_run, read_manifest
+from xdr.ingest.validation import PrepareSummary, validate_corpus
+from xdr.io.layout import RunLayout
+from xdr.io.manifest import begin_run, finish_run, read_manifest
+from xdr.io.storage import Storage
+from xdr.pipeline.stages import EmbedPartStage, GenerateQueriesStage
 from xdr.progress import Progress, StallWatch
-from xdr.stages import EmbedPartStage, GenerateQueriesStage
-from xdr.storage import Storage
-from xdr.validation import PrepareSummary, validate_corpus
 
 log = logging.getLogger("xdr.index")
 
@@ -44,7 +44,7 @@ def _check_queries_source(storage: Storage, config: IndexingJobConfig, parts: in
 
 
 def _prepare(storage: Storage, config: IndexingJobConfig) -> PrepareSummary:
-    tasks = RayTasks(cpus_per_task=config.resources.cpus_per_validation_task)
+    tasks = RayTasks(cpus_per_task=config.resources.cpus_per_validation_task, label="validate")
     return validate_corpus(storage, config.corpus, config.output, tasks, progress=log.info)
 
 

@@ -5,7 +5,7 @@
 - in the Router's own process (`InRouterShards`) when the index fits a replica (`shard_placement`): one
   Serve hop per request, the layout that costs least (docs/BENCHMARKS.md, "The endpoint's cost");
 - else in one `IndexShard` deployment per shard (`ShardDeployments`), called in parallel, their top-k
-  merged (xdr.search.merge_topk): the layout for indexes spread over nodes.
+  merged (xdr.index.search.merge_topk): the layout for indexes spread over nodes.
 The encoder runs in the Router, or in its own `QueryEncoder` deployment (`separate_encoder`, for GPU
 replicas). A call to a replica that died is sent again (a search is idempotent); a request held by a Router
 that died gets 503 with Retry-After from the proxy middleware in ray_jobs/serve_proxy.py.
@@ -35,10 +35,10 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from xdr.config import EncoderConfig, ServeConfig, StorageConfig
-from xdr.encoder import make_encoder
-from xdr.index import IndexLayout
-from xdr.search import ShardedSearcher, ShardSearcher, merge_topk
-from xdr.storage import Storage
+from xdr.index.search import ShardedSearcher, ShardSearcher, merge_topk
+from xdr.io.layout import IndexLayout
+from xdr.io.storage import Storage
+from xdr.models.encoder import make_encoder
 
 
 class SearchRequest(BaseModel):

@@ -3,7 +3,7 @@
     xdr sweep --config configs/sweep_batch_kinds_xquad.yaml
     ray job submit --working-dir . -- python -m ray_jobs.sweep --config ...
 
-Every trial (a setting and a seed, xdr.sweep) is a Tune function trainable that runs the train-encoder job
+Every trial (a setting and a seed, xdr.experiments.sweep) is a Tune function trainable that runs the train-encoder job
 (Ray Train, its own workers; Tune's TuneReportCallback carries the training metrics to the trial) and then the
 sweep's evaluation of the best model, and writes <output>/trials/<name>/result.json. As many trials run at
 once as the cluster holds with their Train workers (each: `cpus_per_trial` plus its workers), or
@@ -27,9 +27,10 @@ from typing import Any
 from ray_jobs import train_encoder
 from ray_jobs.common import run_job
 from ray_jobs.training import ray_storage
-from xdr import sweep as xsweep
 from xdr.config import SweepConfig, TrainEncoderConfig
-from xdr.storage import Storage, join
+from xdr.experiments import sweep as xsweep
+from xdr.io.storage import Storage
+from xdr.uris import join
 
 log = logging.getLogger("xdr.sweep")
 
@@ -43,7 +44,7 @@ def trial_result(sweep: SweepConfig, trial: xsweep.Trial, config: TrainEncoderCo
     """Train and evaluate one trial, or read its result when an earlier run finished it. `config` is the
     trial's training config as the driver resolved it (relative paths are the driver's: a Tune trial runs
     in a folder of its own)."""
-    from xdr.manifest import code_version
+    from xdr.io.manifest import code_version
 
     storage = Storage(sweep.storage)
     uri = result_uri(sweep, trial)

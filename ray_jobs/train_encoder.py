@@ -17,8 +17,8 @@ from typing import Any
 from ray_jobs import training
 from ray_jobs.common import run_job
 from xdr.config import TrainDataConfig, TrainEncoderConfig
-from xdr.model_files import local_model
-from xdr.storage import Storage
+from xdr.io.storage import Storage
+from xdr.models.files import local_model
 
 
 def run_name(config: TrainEncoderConfig) -> str:

@@ -1,10 +1,10 @@
-"""The query-generator training job (xQG, METHOD.md section 1) on Ray Train.
+"""The query-generator training job (xQG, docs/METHOD.md section 1) on Ray Train.
 
     xdr train-generator --config configs/train_generator_xquad.yaml
     ray job submit --working-dir . -- python -m ray_jobs.train_generator --config ... --num_workers=8 --use_gpu=true
 
 A Hugging Face seq2seq model (mT5 in the paper) learns to write the question of a passage in a given
-language, prompted exactly as the indexing job's generator prompts it (xdr.generator.build_prompt). Each
+language, prompted exactly as the indexing job's generator prompts it (xdr.models.generator.build_prompt). Each
 worker takes its slice of every global batch and accumulates gradients over micro-batches; checkpoints,
 resume, validation, early stopping and the manifest are ray_jobs.training's, as for the encoder job. The best
 model by validation loss is written to <output>/model, which `generator.model` takes.
@@ -18,8 +18,8 @@ from typing import Any
 from ray_jobs import training
 from ray_jobs.common import run_job
 from xdr.config import TrainDataConfig, TrainGeneratorConfig
-from xdr.model_files import local_model
-from xdr.storage import Storage
+from xdr.io.storage import Storage
+from xdr.models.files import local_model
 
 
 def load_examples(storage: Storage, sources: list[TrainDataConfig], config: TrainGeneratorConfig) -> tuple[list, list]:

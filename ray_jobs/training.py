@@ -26,7 +26,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from xdr.config import RUN_NEUTRAL
-from xdr.storage import Storage, is_s3, join
+from xdr.io.storage import Storage
+from xdr.uris import is_s3, join
 
 log = logging.getLogger("xdr.train")
 
@@ -196,7 +197,7 @@ def run_training(config, loop: Callable[[dict], None], load_data: Callable[[Stor
 
 
 def _write_manifest(storage, config, name, progress, info, rejects, extra_files, seconds, last_metrics) -> dict:
-    from xdr.manifest import code_version
+    from xdr.io.manifest import code_version
 
     data_files = []
     for source in config.train + config.validation:

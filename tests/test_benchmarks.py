@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 @pytest.mark.slow
@@ -86,8 +86,8 @@ def test_plot_and_sizing_scripts_run_on_the_recorded_scale_json(tmp_path):
 def test_the_dictionary_script_writes_muse_files_whose_held_out_precision_is_recomputed_here(tmp_path):
     """`derive_xquad_dictionary.py` on one language pair (every step; seconds): its files load as xdr's
     code-switching dictionaries, and the precision it reports is recomputed here from the files alone."""
-    from tests.conftest import SHARED_DATA
-    from xdr.storage import Storage
+    from tests.support.paths import SHARED_DATA
+    from xdr.io.storage import Storage
     from xdr.train.codeswitch import load_muse
     from xdr.train.data import load_xquad
 

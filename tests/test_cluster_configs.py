@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 from xdr.config import IndexBuildConfig, IndexingJobConfig, ServeConfig
 
 CLUSTER = REPO / "cluster"
@@ -70,12 +70,12 @@ def test_job_configs_parse():
         TrainEncoderConfig.model_validate(yaml.safe_load((REPO / "configs" / name).read_text()))
     xqg = yaml.safe_load((REPO / "configs" / "train_xqg_xor_tydi.yaml").read_text())
     xqg = TrainGeneratorConfig.model_validate(xqg)
-    assert (xqg.lr, xqg.batch_size, xqg.steps, xqg.warmup_steps) == (1e-4, 128, 2000, 0)  # METHOD.md section 1
+    assert (xqg.lr, xqg.batch_size, xqg.steps, xqg.warmup_steps) == (1e-4, 128, 2000, 0)  # docs/METHOD.md section 1
 
 
 def test_sweep_configs_parse_and_every_trial_is_a_valid_training_config(monkeypatch):
-    from xdr import sweep
     from xdr.config import SweepConfig
+    from xdr.experiments import sweep
 
     monkeypatch.chdir(REPO)  # the configs name their base and data relative to the repository root
     found = sorted((REPO / "configs").glob("sweep_*.yaml"))

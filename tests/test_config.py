@@ -2,7 +2,7 @@ import pytest
 
 from ray_jobs.cli import config_reference
 from ray_jobs.common import parse_job_args
-from xdr.config import IndexingJobConfig, load_config
+from xdr.config import IndexingJobConfig, load_job_config
 
 
 def test_defaults_are_the_papers_settings():
@@ -28,13 +28,13 @@ def test_bad_values_are_reported_with_the_field(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("output: out\ncorpus: {path: c}\nfusion: {mode: max}\n")
     with pytest.raises(ValueError, match=r"(?s)in .*c.yaml.*fusion.mode"):
-        load_config(path)
+        load_job_config(IndexingJobConfig, path)
     with pytest.raises(ValueError, match="unknown language code 'xx'"):
-        load_config(None, ["output=o", "corpus.path=c", "generator.languages=[xx]"])
+        load_job_config(IndexingJobConfig, None, ["output=o", "corpus.path=c", "generator.languages=[xx]"])
     with pytest.raises(ValueError, match="not of the form"):
-        load_config(None, ["output"])
+        load_job_config(IndexingJobConfig, None, ["output"])
     with pytest.raises(ValueError, match="Extra inputs"):
-        load_config(None, ["output=o", "corpus.path=c", "encoder.poolin=cls"])
+        load_job_config(IndexingJobConfig, None, ["output=o", "corpus.path=c", "encoder.poolin=cls"])
 
 
 def test_config_reference_lists_every_field():

@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from xdr.config import CorpusConfig
-from xdr.corpus import detect_format
-from xdr.storage import Storage
-from xdr.validation import validate_corpus
+from xdr.ingest.corpus import detect_format
+from xdr.ingest.validation import validate_corpus
+from xdr.io.storage import Storage
 
 
 def _jsonl(path, rows, raw_lines=()):

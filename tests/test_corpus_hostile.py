@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xdr.config import CorpusConfig
-from xdr.corpus import reason_kind
-from xdr.storage import Storage
-from xdr.validation import validate_corpus
+from xdr.ingest.corpus import reason_kind
+from xdr.ingest.validation import validate_corpus
+from xdr.io.storage import Storage
 
 
 def _prepare(tmp_path, path, **kw):
@@ -157,7 +157,7 @@ def test_broken_files_fail_naming_the_file_not_a_row(tmp_path):
 def test_hostile_rows_on_s3_through_the_whole_job(ray_local, s3_server, tiny_models):
     """The original crash: a lone surrogate killed the job when the passages part was written."""
     from ray_jobs.index_corpus import run_indexing
-    from tests.conftest import make_config
+    from tests.support.jobs import make_config
 
     client, bucket = s3_server.client(), s3_server.bucket
     good = [{"id": f"g{i}", "text": f"passage number {i}"} for i in range(6)]

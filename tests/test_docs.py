@@ -1,5 +1,5 @@
 from ray_jobs.cli import all_config_references
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def test_readme_opens_with_the_two_commands_and_carries_the_current_config_reference():

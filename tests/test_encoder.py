@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from xdr.config import EncoderConfig
-from xdr.encoder import Encoder, passage_text, pool
+from xdr.models.encoder import Encoder, passage_text, pool
 
 
 def test_cls_and_mean_pooling_by_hand():

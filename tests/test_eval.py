@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 from xdr.eval import datasets, experiments
 from xdr.eval.metrics import average_precision
 
@@ -92,7 +92,7 @@ def test_lareqa_relevance_and_map_by_hand(tmp_path):
 
 def test_xor_evaluate_in_process(tiny_models):
     from xdr.config import EncoderConfig
-    from xdr.encoder import make_encoder
+    from xdr.models.encoder import make_encoder
 
     passages = {"p1": ("Helsinki", "Helsinki is the capital of Finland."), "p2": ("Nile", "The Nile is long.")}
     questions = [datasets.Question("1", "fi", "Mikä on Suomen pääkaupunki?", answers=("Helsinki",)),
@@ -104,7 +104,7 @@ def test_xor_evaluate_in_process(tiny_models):
 
 
 def test_xdr_evaluate_xor_writes_json_and_markdown(tiny_models, tmp_path):
-    from xdr.eval.run import main
+    from ray_jobs.evaluate import main
 
     (tmp_path / "psgs.tsv").write_text("id\ttext\ttitle\n1\tHelsinki is the capital of Finland.\tHelsinki\n"
                                        "2\tThe Nile is a river.\tNile\n")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from xdr.fusion import fuse
+from xdr.pipeline.fusion import fuse
 
 P = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=np.float32)
 Q = np.array([[2.0, 2.0], [4.0, 0.0], [0.0, 6.0], [1.0, 1.0]], dtype=np.float32)
@@ -20,7 +20,7 @@ def test_sum_mode_matches_hand_computation_with_nominal_count(alpha):
 
 
 def test_sum_mode_is_the_paper_formula_for_complete_passages():
-    """alpha = 0.01 with 35 queries equals 0.99 E(p) + 0.35 mean E(q) (METHOD.md)."""
+    """alpha = 0.01 with 35 queries equals 0.99 E(p) + 0.35 mean E(q) (docs/METHOD.md)."""
     rng = np.random.default_rng(0)
     p, q = rng.normal(size=(2, 8)).astype(np.float32), rng.normal(size=(70, 8)).astype(np.float32)
     owner = np.repeat([0, 1], 35)

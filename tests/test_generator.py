@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from xdr.config import GeneratorConfig
-from xdr.generator import KeyedTopKSampler, QueryGenerator, build_prompt, hashed_uniform, sequence_key
+from xdr.models.generator import KeyedTopKSampler, QueryGenerator, build_prompt, hashed_uniform, sequence_key
 
 
 def test_prompt_is_the_papers_with_full_language_name_and_no_newlines():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from xdr.config import EncoderConfig, GeneratorConfig
-from xdr.encoder import Encoder
-from xdr.generator import QueryGenerator
+from xdr.models.encoder import Encoder
+from xdr.models.generator import QueryGenerator
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

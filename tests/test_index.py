@@ -1,28 +1,16 @@
 """The sharded IVF index against a single index and against exact search (FAISS, no Ray)."""
 
-import json
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from xdr import index as xindex
-from xdr.search import ExactSearcher, ShardedSearcher, merge_topk
-from xdr.storage import Storage
-from xdr.synthetic import clustered_vectors, write_run
-
-
-def _build(storage, run, root, factory, rows_per_part, shards, nprobe=8):
-    """The build job's steps, in process."""
-    offsets = xindex.part_offsets(rows_per_part)
-    sample = xindex.read_sample(storage, run, rows_per_part, 20_000, seed=0)
-    storage.write_bytes(xindex.IndexLayout(root).trained, xindex.to_bytes(xindex.train_index(factory, sample)))
-    for part in range(len(rows_per_part)):
-        xindex.add_part(storage, run, root, part, offsets[part])
-    results = [xindex.merge_shard(storage, run, root, s, parts, offsets, with_text=True)
-               for s, parts in enumerate(xindex.shard_plan(rows_per_part, shards))]
-    storage.write_bytes(xindex.IndexLayout(root).manifest, json.dumps({"nprobe": nprobe, "shards": results}).encode())
-    return results
+from tests.support.indexes import build_here
+from xdr.index import build as xindex
+from xdr.index.search import ExactSearcher, ShardedSearcher, merge_topk
+from xdr.ingest.synthetic import clustered_vectors, write_run
+from xdr.io.layout import IndexLayout
+from xdr.io.storage import Storage
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +58,9 @@ def test_merge_topk_breaks_ties_by_id_and_skips_missing():
 @pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,PQ8np"])
 def test_sharded_search_equals_single_index_search(synthetic_run, factory):
     root, vectors, ids, rows = synthetic_run
-    storage = Storage()
     name = factory.replace(",", "_")
-    single = _build(storage, str(root / "run"), str(root / f"one-{name}"), factory, rows, shards=1)
-    sharded = _build(storage, str(root / "run"), str(root / f"three-{name}"), factory, rows, shards=3)
+    single = build_here(str(root / "run"), str(root / f"one-{name}"), factory, shards=1)
+    sharded = build_here(str(root / "run"), str(root / f"three-{name}"), factory, shards=3)
     # every id in exactly one serving shard
     assert [s["vectors"] for s in single] == [12_000] and sum(s["vectors"] for s in sharded) == 12_000
     assert [s["parts"] for s in sharded] == [[0, 1], [2, 3], [4]]  # first rows 0, 2500 | 5000, 7500 | 10000
@@ -88,7 +75,6 @@ def test_recall_at_10_against_exact_search(synthetic_run):
     """Stated thresholds on this clustered set (12k x 32-d, 64 clusters, IVF64): IVF,Flat with
     nprobe 16 of 64 lists >= 0.95; IVF,PQ8 (4 dims per byte) >= 0.5, limited by PQ, not by nprobe."""
     root, vectors, ids, rows = synthetic_run
-    storage = Storage()
     queries = clustered_vectors(200, 32, clusters=64, seed=11)
     exact = ExactSearcher(str(root / "run")).search(queries, k=10)
     exact_brute = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]  # a second, independent exact answer
@@ -96,7 +82,7 @@ def test_recall_at_10_against_exact_search(synthetic_run):
     for factory, threshold in (("IVF64,Flat", 0.95), ("IVF64,PQ8np", 0.5)):
         name = factory.replace(",", "_")
         if not (root / f"three-{name}").exists():
-            _build(storage, str(root / "run"), str(root / f"three-{name}"), factory, rows, shards=3)
+            build_here(str(root / "run"), str(root / f"three-{name}"), factory, shards=3)
         got = ShardedSearcher(str(root / f"three-{name}")).search(queries, k=10, nprobe=16)
         recall = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got.ids, exact.ids)])
         assert recall >= threshold, (factory, recall)
@@ -106,7 +92,7 @@ def test_searcher_returns_text_and_handles_k_beyond_the_corpus(tmp_path):
     storage = Storage()
     vectors = clustered_vectors(30, 8, clusters=3)
     write_run(storage, str(tmp_path / "run"), vectors, part_size=7)
-    _build(storage, str(tmp_path / "run"), str(tmp_path / "idx"), "IVF1,Flat", [7, 7, 7, 7, 2], shards=2)
+    build_here(str(tmp_path / "run"), str(tmp_path / "idx"), "IVF1,Flat", shards=2)
     searcher = ShardedSearcher(str(tmp_path / "idx"))
     hits = searcher.search(vectors[:2], k=40)
     best = np.argmax(vectors[:2] @ vectors.T, axis=1)  # inner product: the best match is not always itself
@@ -121,7 +107,7 @@ def test_rerun_skips_committed_files_and_rebuilds_missing_ones(tmp_path):
     storage = Storage()
     vectors = clustered_vectors(40, 8, clusters=2)
     write_run(storage, str(tmp_path / "run"), vectors, part_size=10)
-    first = _build(storage, str(tmp_path / "run"), str(tmp_path / "idx"), "IVF2,Flat", [10] * 4, shards=2)
+    first = build_here(str(tmp_path / "run"), str(tmp_path / "idx"), "IVF2,Flat", shards=2)
     shard0 = tmp_path / "idx" / "shard-000.faissindex"
     mtime = shard0.stat().st_mtime_ns
     (tmp_path / "idx" / "shard-001.faissindex").unlink()  # as if the job died before this commit
@@ -134,18 +120,21 @@ def test_rerun_skips_committed_files_and_rebuilds_missing_ones(tmp_path):
 
 
 def test_build_refuses_a_folder_built_with_other_settings(tmp_path):
-    from ray_jobs.build_index import _check_settings
     from xdr.config import IndexBuildConfig
+    from xdr.index.builder import build_index
 
-    storage = Storage()
-    _check_settings(storage, IndexBuildConfig(run=str(tmp_path / "run"), factory="IVF4,Flat"))
-    _check_settings(storage, IndexBuildConfig(run=str(tmp_path / "run"), factory="IVF4,Flat", nprobe=9))  # serving
+    run, idx = str(tmp_path / "run"), str(tmp_path / "idx")
+    write_run(Storage(), run, clustered_vectors(40, 8, clusters=2), part_size=10)
+    build_index(IndexBuildConfig(run=run, output=idx, factory="IVF4,Flat"), emit=lambda _: None)
+    resumed = build_index(IndexBuildConfig(run=run, output=idx, factory="IVF4,Flat", nprobe=9), emit=lambda _: None)
+    assert resumed["nprobe"] == 9  # a serving setting: the same files, a new manifest
     with pytest.raises(ValueError, match=r"other settings \(factory: 'IVF4,Flat' -> 'IVF8,Flat'\)"):
-        _check_settings(storage, IndexBuildConfig(run=str(tmp_path / "run"), factory="IVF8,Flat"))
+        build_index(IndexBuildConfig(run=run, output=idx, factory="IVF8,Flat"), emit=lambda _: None)
 
 
 def test_nlist_of_reads_the_factory_string():
-    assert xindex.nlist_of("IVF256,PQ8np", 32) == 256 and xindex.nlist_of("IVF1,Flat", 8) == 1
+    assert xindex.nlist_of("IVF256,PQ8np") == 256 and xindex.nlist_of("IVF1,Flat") == 1
+    assert xindex.nlist_of("OPQ16_64,IVF1024,PQ16") == 1024 and xindex.nlist_of("Flat") == 1
 
 
 def test_shards_answer_the_ids_titles_and_texts_of_exact_search(tmp_path):
@@ -154,7 +143,7 @@ def test_shards_answer_the_ids_titles_and_texts_of_exact_search(tmp_path):
     storage = Storage()
     vectors = clustered_vectors(300, 16, clusters=5, seed=4)
     ids = write_run(storage, str(tmp_path / "run"), vectors, part_size=40, text_of=lambda pid: f"«{pid}» " * 3)
-    _build(storage, str(tmp_path / "run"), str(tmp_path / "idx"), "IVF1,Flat", [40] * 7 + [20], shards=3)
+    build_here(str(tmp_path / "run"), str(tmp_path / "idx"), "IVF1,Flat", shards=3)
     searcher = ShardedSearcher(str(tmp_path / "idx"))
     queries = vectors[::37] + 0.05
     hits = searcher.search(queries, k=5)
@@ -171,7 +160,7 @@ def test_shards_answer_the_ids_titles_and_texts_of_exact_search(tmp_path):
 
 _RSS_SCRIPT = """
 import sys, numpy as np, psutil
-from xdr.search import ShardSearcher
+from xdr.index.search import ShardSearcher
 rss = psutil.Process().memory_info
 before = rss().rss
 shard = ShardSearcher(sys.argv[1], 0)
@@ -190,7 +179,7 @@ def test_a_replica_does_not_hold_the_text(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.paths import REPO
 
     storage = Storage()
     vectors = clustered_vectors(400, 16, clusters=4, seed=2)
@@ -199,7 +188,7 @@ def test_a_replica_does_not_hold_the_text(tmp_path):
         run, idx = str(tmp_path / f"run{kib}"), tmp_path / f"idx{kib}"
         words = kib * 1024 // 10 + 1  # ids are 9 characters, with the space 10
         write_run(storage, run, vectors, part_size=100, text_of=lambda pid, words=words: (pid + " ") * words)
-        _build(storage, run, str(idx), "IVF1,Flat", [100] * 4, shards=1)
+        build_here(run, str(idx), "IVF1,Flat", shards=1)
         text_bytes[kib] = (idx / "shard-000.lookup.arrow").stat().st_size
         out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(idx)], cwd=REPO, capture_output=True,
                              text=True, check=True, timeout=120)
@@ -229,7 +218,7 @@ def test_with_use_gpu_and_no_gpu_faiss_the_index_bytes_are_todays(tmp_path, fact
 
     for use_gpu in (False, True):
         root = tmp_path / f"gpu-{use_gpu}"
-        storage.write_bytes(xindex.IndexLayout(str(root)).trained, xindex.to_bytes(trained))
+        storage.write_bytes(IndexLayout(str(root)).trained, xindex.to_bytes(trained))
         xindex.add_part(storage, run, str(root), 1, 3_000, use_gpu=use_gpu)
     partials = [(tmp_path / f"gpu-{g}" / "partials" / "part-00001.faissindex").read_bytes() for g in (False, True)]
     assert partials[0] == partials[1]
@@ -250,7 +239,7 @@ def test_the_build_job_with_use_gpu_on_a_cluster_without_gpus_says_so_once_and_b
     builds = {}
     for use_gpu in (False, True):
         caplog.clear()
-        with caplog.at_level("WARNING", logger="xdr.build_index"):
+        with caplog.at_level("WARNING", logger="xdr.index.builder"):
             builds[use_gpu] = build_index(IndexBuildConfig(
                 run=str(tmp_path / "run"), output=str(tmp_path / str(use_gpu)), factory="IVF8,Flat", shards=2,
                 use_gpu=use_gpu))

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs.index_corpus import run_indexing
-from tests.conftest import make_config
-from tests.jobcheck import expected_embeddings, expected_queries, table_rows
+from tests.support.jobcheck import expected_embeddings, expected_queries, table_rows
+from tests.support.jobs import make_config
 
 PASSAGES = [{"id": f"doc{i:02d}", "title": f"Title {i}",
              "text": f"Passage {i} about rivers and mountains. " * (1 + i % 3)} for i in range(19)]
@@ -107,8 +107,8 @@ def test_queries_from_an_earlier_run_skips_generation(ray_local, tiny_models, tm
 
 
 def test_rerun_with_other_settings_is_refused_before_any_work(tiny_models, tmp_path):
-    from xdr.manifest import begin_run
-    from xdr.storage import Storage
+    from xdr.io.manifest import begin_run
+    from xdr.io.storage import Storage
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_bytes(_corpus_lines(bad=False))
@@ -122,7 +122,7 @@ def test_rerun_with_other_settings_is_refused_before_any_work(tiny_models, tmp_p
 
 def test_queries_from_must_be_a_finished_run(tiny_models, tmp_path):
     from ray_jobs.index_corpus import _check_queries_source
-    from xdr.storage import Storage
+    from xdr.io.storage import Storage
 
     config = make_config(tiny_models, tmp_path / "c.jsonl", tmp_path / "run", queries_from=str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="has no manifest.json"):

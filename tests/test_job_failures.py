@@ -11,7 +11,8 @@ import time
 import pytest
 
 from ray_jobs.common import free_port
-from tests.conftest import REPO, processes_left, session_processes
+from tests.support.jobs import processes_left, session_processes
+from tests.support.paths import REPO
 
 JOB_ENV = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
 
@@ -79,10 +80,10 @@ def test_sigterm_stops_the_job_and_its_ray(tmp_path, tiny_models):
 
 def _job_argv(job: str, tmp_path, tiny_models) -> tuple[list[str], str]:
     """A run of `job` with work enough to be stopped mid-run, and the output line that says it is working."""
-    from tests.conftest import SHARED_DATA
-    from tests.test_index import _build
-    from xdr.storage import Storage
-    from xdr.synthetic import clustered_vectors, write_run
+    from tests.support.indexes import build_here
+    from tests.support.paths import SHARED_DATA
+    from xdr.ingest.synthetic import clustered_vectors, write_run
+    from xdr.io.storage import Storage
 
     working = "Ray resources:"  # the job's Ray is up and the job's own work has begun
     if job in ("build-index", "serve"):
@@ -91,7 +92,7 @@ def _job_argv(job: str, tmp_path, tiny_models) -> tuple[list[str], str]:
                   part_size=10_000)
         if job == "build-index":
             return [job, f"--run={run}", "--factory=IVF256,PQ8", "--shards=4", "--train_sample=40000"], working
-        _build(Storage(), str(run), str(run / "index"), "IVF8,Flat", [2_000], 1)
+        build_here(str(run), str(run / "index"), "IVF8,Flat", shards=1)
         manifest = run / "index" / "manifest.json"  # the fields the build job adds that serving reads
         manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {
             "factory": "IVF8,Flat", "dim": 32, "vectors": 2_000, "nlist": 8, "source_run": str(run)}))

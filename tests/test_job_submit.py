@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_config, session_processes
-from tests.s3_server import free_port
+from ray_jobs.common import free_port
+from tests.support.jobs import make_config, session_processes
+from tests.support.paths import REPO
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from xdr.model_files import local_model
-from xdr.storage import Storage
+from xdr.io.storage import Storage
+from xdr.models.files import local_model
 
 
 def _put(s3_server, key: str, body: bytes) -> None:

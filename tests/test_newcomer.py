@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, processes_left
+from tests.support.jobs import processes_left
+from tests.support.paths import REPO
 
 XDR = str(Path(sys.executable).parent / "xdr")
 

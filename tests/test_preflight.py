@@ -104,20 +104,20 @@ def test_training_jobs(capsys, setup):
 
 
 def test_evaluate(capsys, setup):
-    from tests.conftest import SHARED_DATA
+    from tests.support.paths import SHARED_DATA
 
     s = setup
     xquad_r = str(SHARED_DATA / "xquad-r")
-    _fails(capsys, ["evaluate", "lareqa", f"--data={s['out']}/no-data", f"--out={s['out']}"], "--data")
+    _fails(capsys, ["evaluate", "lareqa", f"--data={s['out']}/no-data", f"--out={s['out']}"], "data")
     _fails(capsys, ["evaluate", "lareqa", f"--data={xquad_r}", "--encoder=no-org/no-such-model",
-                    f"--out={s['out']}"], "--encoder")
-    _fails(capsys, ["evaluate", "lareqa", f"--data={xquad_r}", f"--out={s['unwritable']}"], "--out")
+                    f"--out={s['out']}"], "encoder.model")
+    _fails(capsys, ["evaluate", "lareqa", f"--data={xquad_r}", f"--out={s['unwritable']}"], "output")
 
 
 _WORKER_LOAD = """
 import sys, time
-import xdr.encoder  # imports are not network waits: the clock starts after them
-from xdr.model_files import ModelUnavailable, local_model
+import xdr.models.encoder  # imports are not network waits: the clock starts after them
+from xdr.models.files import ModelUnavailable, local_model
 started = time.perf_counter()
 try:
     print(local_model(sys.argv[1]))
@@ -133,7 +133,7 @@ def _load_in_a_worker(name: str, **env: str) -> tuple[str, float]:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support.paths import REPO
 
     environ = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     done = subprocess.run([sys.executable, "-c", _WORKER_LOAD, name], env={**environ, "PYTHONPATH": str(REPO), **env},
@@ -187,7 +187,7 @@ def test_sweep(capsys, setup, tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(sweep))
     _fails(capsys, ["sweep", f"--config={config}"], "evaluation.path")
-    from tests.conftest import SHARED_DATA
+    from tests.support.paths import SHARED_DATA
 
     config.write_text(yaml.safe_dump(sweep | {"evaluation": {"kind": "lareqa", "path": str(SHARED_DATA / "xquad-r")}}))
     err = _fails(capsys, ["sweep", f"--config={config}"], "model (trial model=no-org/no-such-model)")

@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from ray_jobs.index_corpus import run_indexing
-from tests.conftest import REPO, make_config
-from tests.jobcheck import table_rows
+from tests.support.jobcheck import table_rows
+from tests.support.jobs import make_config
+from tests.support.paths import REPO
 
 
 def _job_command(config_path):

@@ -15,13 +15,13 @@ import pytest
 import requests
 
 from ray_jobs.build_index import build_index
+from ray_jobs.common import free_port
 from ray_jobs.index_corpus import run_indexing
-from tests.conftest import make_config
-from tests.s3_server import free_port
+from tests.support.jobs import make_config
 from xdr.config import IndexBuildConfig, ServeConfig
-from xdr.encoder import make_encoder
-from xdr.search import ShardedSearcher
-from xdr.tiny_models import SAMPLE_CORPUS
+from xdr.index.search import ShardedSearcher
+from xdr.models.encoder import make_encoder
+from xdr.models.tiny import SAMPLE_CORPUS
 
 TOKEN = "s3cret-token"
 PASSAGES = [json.loads(line) for line in SAMPLE_CORPUS.read_text(encoding="utf-8").splitlines()]
@@ -298,7 +298,7 @@ def test_xdr_serve_on_haproxy_loses_at_most_a_request_or_two_when_a_router_repli
     replicas. SIGKILL of one under load: HAProxy replays what it held on the other. Seen here: 0 to 2
     failures in ~5,000 requests (a 500 from HAProxy's own error page, or a connection it closed while
     reloading its configuration for the replacement); with Ray's own retry policy, 15 in 9,130."""
-    from tests.s3_server import free_port as port_for
+    from ray_jobs.common import free_port as port_for
 
     _, config, _, _ = endpoint
     port, out = port_for(), tmp_path / "serve.out"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from xdr.config import EncoderConfig, GeneratorConfig
-from xdr.encoder import make_encoder
-from xdr.stand_ins import HashingEncoder, LeadWordsGenerator
+from xdr.models.encoder import make_encoder
+from xdr.models.stand_ins import HashingEncoder, LeadWordsGenerator
 
 
 def _by_hand(words, dim):

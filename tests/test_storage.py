@@ -4,7 +4,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from xdr.storage import Storage
+from xdr.io.storage import Storage
 
 
 def test_local_write_is_atomic_and_leaves_no_temporary(tmp_path):

@@ -13,9 +13,10 @@ import pytest
 import yaml
 from scipy import stats
 
-from tests.conftest import REPO, SHARED_DATA, run_and_sigkill_when
-from xdr import sweep as xsweep
+from tests.support.jobs import run_and_sigkill_when
+from tests.support.paths import REPO, SHARED_DATA
 from xdr.config import SweepConfig
+from xdr.experiments import sweep as xsweep
 
 EVAL = {"kind": "lareqa", "path": str(SHARED_DATA / "xquad-r"), "articles": [33, 33]}
 
@@ -130,7 +131,7 @@ def test_a_tiny_sweep_on_s3_killed_and_rerun_trains_only_the_unfinished_trials_a
 
     from ray_jobs import train_encoder
     from ray_jobs.sweep import result_uri
-    from xdr.storage import Storage
+    from xdr.io.storage import Storage
 
     output = f"s3://{s3_server.bucket}/sweep-{tmp_path.name}"
     config_file = tmp_path / "sweep.yaml"

@@ -14,10 +14,11 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO, run_and_sigkill_when
+from tests.support.jobs import run_and_sigkill_when
+from tests.support.paths import REPO
 from xdr.config import EncoderConfig, TrainEncoderConfig
-from xdr.encoder import make_encoder
-from xdr.storage import Storage
+from xdr.io.storage import Storage
+from xdr.models.encoder import make_encoder
 
 TOPICS = ["river water flows", "mountain snow peak", "city street houses", "music song singer", "bread oven baker",
           "ship sea sailor", "star sky night", "forest tree leaves", "school teacher pupil", "train rail station",
@@ -136,11 +137,11 @@ def _index_and_search_over_the_endpoint(s3_server, tiny_models, trained_config, 
 
     from ray_jobs import serve_app
     from ray_jobs.build_index import build_index
+    from ray_jobs.common import free_port
     from ray_jobs.index_corpus import run_indexing
-    from tests.conftest import make_config
-    from tests.s3_server import free_port
+    from tests.support.jobs import make_config
     from xdr.config import IndexBuildConfig, ServeConfig
-    from xdr.search import ShardedSearcher
+    from xdr.index.search import ShardedSearcher
 
     bucket = s3_server.bucket
     passages = sorted({(r["lang"], r["passage"]) for r in _parallel_rows()})
@@ -218,7 +219,7 @@ def test_generator_job_on_two_workers_learns_and_writes_a_model_the_indexing_gen
     learn in a few steps); bad rows are rejected and counted; the written folder is a `generator.model`."""
     from ray_jobs.train_generator import run_training
     from xdr.config import GeneratorConfig, TrainGeneratorConfig
-    from xdr.generator import QueryGenerator
+    from xdr.models.generator import QueryGenerator
     from xdr.train.qg import TrainableGenerator, load_qg_jsonl, qg_validation_loss
 
     words = [w for topic in TOPICS for w in topic.split()]

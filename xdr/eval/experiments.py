@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xdr.encoder import Encoder
 from xdr.eval.datasets import BeirDataset, LareqaDataset, XquadDataset
 from xdr.eval.metrics import average_precision, language_bias, paired_t_test, ranks_of, trec_metrics
-from xdr.fusion import fuse
+from xdr.models.encoder import Encoder
+from xdr.pipeline.fusion import fuse
 
 
 def lareqa_evaluate(data: LareqaDataset, encoder: Encoder, *, k: int | None = None) -> dict:
@@ -156,7 +156,7 @@ def beir_evaluate(data: BeirDataset, encoder: Encoder, *, k: int = 100, batch: i
     q_emb = encoder.encode_queries([data.topics[q] for q in qids])
     run: dict[str, dict[str, float]] = {}
     if index_uri:
-        from xdr.search import ShardedSearcher
+        from xdr.index.search import ShardedSearcher
 
         searcher = ShardedSearcher(index_uri, storage=storage)
         hits = searcher.search(q_emb, k, nprobe)
@@ -183,7 +183,7 @@ def xor_evaluate(questions: Sequence, passages: dict[str, tuple[str, str]], enco
     indexing run's fused embeddings (the large-corpus path: the Ray job did the encoding), searched
     exactly, or with `index_uri` through a built (IVF-PQ) index."""
     from xdr.eval.metrics import xor_recall
-    from xdr.search import ExactSearcher, ShardedSearcher
+    from xdr.index.search import ExactSearcher, ShardedSearcher
 
     q_emb = encoder.encode_queries([q.text for q in questions])
     if index_uri:

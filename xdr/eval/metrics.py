@@ -1,4 +1,4 @@
-"""The published metrics, implemented to their stated semantics (METHOD.md), and significance.
+"""The published metrics, implemented to their stated semantics (docs/METHOD.md), and significance.
 
 - R@Nkt (XOR-Retrieve): per question, the ranked passages' text is word-tokenised in rank order until at
   least N tokens are collected, cut to exactly N, joined with spaces; a hit is any answer (yes/no dropped)

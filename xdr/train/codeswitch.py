@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from xdr.storage import Storage
+    from xdr.io.storage import Storage
     from xdr.train.samplers import TrainingExample
 
 _WORD = re.compile(r"\w+", re.UNICODE)

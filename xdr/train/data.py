@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # type hints only: the GPU benchmark imports this module where pyarrow may be missing
-    from xdr.storage import Storage
+    from xdr.io.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _passage(obj, where: str) -> Passage:
     return Passage(title, obj["text"])
 
 
-def _json_lines(storage: Storage, uri: str):
+def json_lines(storage: Storage, uri: str):
     """(line number, object or None, error) per non-blank line."""
     for line_no, raw in enumerate(storage.read_bytes(uri).splitlines(), start=1):
         if not raw.strip():
@@ -90,7 +90,7 @@ def load_triplets(storage: Storage, uris: list[str]) -> tuple[list[Triplet], lis
     """Tevatron-style JSON lines: every positive of a row becomes a triplet with the row's negatives."""
     triplets, rejects = [], []
     for uri in uris:
-        for line, obj, error in _json_lines(storage, uri):
+        for line, obj, error in json_lines(storage, uri):
             try:
                 if error:
                     raise ValueError(error)
@@ -163,7 +163,7 @@ def load_parallel_jsonl(storage: Storage, uris: list[str]) -> tuple[ParallelSet,
     rejects: list[TrainReject] = []
     languages: set[str] = set()
     for uri in uris:
-        for line, obj, error in _json_lines(storage, uri):
+        for line, obj, error in json_lines(storage, uri):
             try:
                 if error:
                     raise ValueError(error)

@@ -6,7 +6,7 @@ import zlib
 
 import torch
 
-from xdr.encoder import passage_text
+from xdr.models.encoder import passage_text
 from xdr.train.loss import contrastive_loss
 from xdr.train.model import TrainableEncoder
 from xdr.train.samplers import TrainingExample

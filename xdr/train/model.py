@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xdr.encoder import USE_MODEL, pool
+from xdr.models.encoder import pool
+from xdr.models.references import ModelKind, model_kind
 from xdr.train.adapters import merged, parameter_counts, with_lora
 
 
@@ -20,10 +21,10 @@ class TrainableEncoder(nn.Module):
         """`lora` ({rank, alpha, dropout, target_modules}): peft LoRA adapters train and the backbone stays
         frozen; `save` merges them into the weights, so the folder loads like any fine-tuned model."""
         super().__init__()
-        from xdr.use_model import is_use_folder, load_use
+        from xdr.models.use_model import load_use
 
         self.model_name, self.pooling, self.normalize = model_name, pooling, normalize
-        self.is_use = model_name == USE_MODEL or is_use_folder(model_name)
+        self.is_use = model_kind(model_name) in (ModelKind.USE, ModelKind.USE_FOLDER)
         if self.is_use:
             self.model, self.tokenizer = load_use(model_name)
         else:

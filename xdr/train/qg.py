@@ -1,7 +1,7 @@
 """Training the xQG query generator: (passage, question, language) examples, their batch sampler, the seq2seq
 model with its teacher-forced loss, and one optimizer step with gradient accumulation.
 
-The prompt is `xdr.generator.build_prompt`, the very function the indexing job's generator calls, so training
+The prompt is `xdr.models.generator.build_prompt`, the very function the indexing job's generator calls, so training
 and generation cannot drift apart. Examples come from parallel QA sets (XQuAD, parallel JSON lines: the
 paragraph in one language, the question in each of the others, as the paper's XOR-TyDi training pairs an
 English passage with a question in the target language), from retrieval triplets (query + its positive
@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from xdr.generator import build_prompt
 from xdr.languages import language_name
+from xdr.models.generator import build_prompt
 from xdr.train.adapters import merged, parameter_counts, with_lora
-from xdr.train.data import Passage, TrainReject, Triplet, _json_lines
+from xdr.train.data import Passage, TrainReject, Triplet, json_lines
 from xdr.train.loop import apply_gradients
-from xdr.train.samplers import EpochSampler, _rng
+from xdr.train.samplers import EpochSampler, seeded_rng
 
 if TYPE_CHECKING:
-    from xdr.storage import Storage
+    from xdr.io.storage import Storage
     from xdr.train.data import ParallelSet
 
 
@@ -71,7 +71,7 @@ def load_qg_jsonl(storage: Storage, uris: list[str]) -> tuple[list[QGExample], l
     """Rows `{"text", "question", "lang", "title"?}` (`passage` is taken for `text`): one example each."""
     examples, rejects = [], []
     for uri in uris:
-        for line, obj, error in _json_lines(storage, uri):
+        for line, obj, error in json_lines(storage, uri):
             try:
                 if error:
                     raise ValueError(error)
@@ -108,7 +108,7 @@ class ExampleSampler(EpochSampler):
 
     def global_batch(self, epoch: int, number: int) -> list[QGExample]:
         if self._order[0] != epoch:
-            self._order = (epoch, _rng(self.seed, epoch, 4).permutation(len(self.examples)))
+            self._order = (epoch, seeded_rng(self.seed, epoch, 4).permutation(len(self.examples)))
         return [self.examples[i] for i in self._order[1][number * self.batch_size:(number + 1) * self.batch_size]]
 
     def _fingerprint_key(self) -> tuple:

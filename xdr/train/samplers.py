@@ -1,4 +1,4 @@
-"""Batch samplers for hybrid-batch training (METHOD.md section 2).
+"""Batch samplers for hybrid-batch training (docs/METHOD.md section 2).
 
 - **xx_mono**: every triplet of a batch in one language, drawn uniformly per batch.
 - **xy**: per triplet a query language l_q drawn uniformly and a passage language l_d != l_q; the positive
@@ -42,7 +42,7 @@ class TrainingExample:
     kind: str  # "xx_mono", "xy" or "given"
 
 
-def _rng(*key: int) -> np.random.Generator:
+def seeded_rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
@@ -128,15 +128,15 @@ class HybridBatchSampler(EpochSampler):
             return self._cached[1]
         batches = []
         for d, size in enumerate(self.sizes):
-            order = _rng(self.seed, epoch, d, 1).permutation(size)
+            order = seeded_rng(self.seed, epoch, d, 1).permutation(size)
             batches += [(d, order[i:i + self.batch_size])
                         for i in range(0, size - self.batch_size + 1, self.batch_size)]
-        shuffle = _rng(self.seed, epoch, 2).permutation(len(batches))
+        shuffle = seeded_rng(self.seed, epoch, 2).permutation(len(batches))
         self._cached = (epoch, [batches[i] for i in shuffle])
         return self._cached[1]
 
     def global_batch(self, epoch: int, number: int) -> list[TrainingExample]:
-        rng = _rng(self.seed, epoch, number, 3)
+        rng = seeded_rng(self.seed, epoch, number, 3)
         batch = self._draw(epoch, number, rng)
         return [self.transform(e, rng) for e in batch] if self.transform else batch
 
