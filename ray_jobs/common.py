@@ -15,16 +15,19 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import ray
+from pydantic import BaseModel
 
-from xdr.config import IndexingJobConfig, load_job_config
+from xdr.config import load_job_config
 
 log = logging.getLogger("xdr")
+JobConfig = TypeVar("JobConfig", bound=BaseModel)
 
 
-def parse_job_args(description: str, argv: list[str] | None = None,
-                   model_cls=IndexingJobConfig) -> tuple[argparse.Namespace, IndexingJobConfig]:
+def parse_job_args(description: str, argv: list[str] | None, model_cls: type[JobConfig]
+                   ) -> tuple[argparse.Namespace, JobConfig]:
     """`--config FILE`, then overrides as `--section.field=value`, `--section.field value` or
     `--set section.field=value`."""
     parser = argparse.ArgumentParser(description=description)

@@ -26,7 +26,7 @@ from xdr.config import IndexingJobConfig
 from xdr.ingest.validation import PrepareSummary, validate_corpus
 from xdr.io.layout import RunLayout
 from xdr.io.manifest import begin_run, finish_run, read_manifest
-from xdr.io.storage import Storage
+from xdr.io.storage import FileRecord, Storage
 from xdr.pipeline.stages import EmbedPartStage, GenerateQueriesStage
 from xdr.progress import Progress, StallWatch
 
@@ -35,6 +35,7 @@ log = logging.getLogger("xdr.index")
 
 def _check_queries_source(storage: Storage, config: IndexingJobConfig, parts: int) -> None:
     """queries_from must hold a queries part for every part of this run."""
+    assert config.queries_from is not None
     source = RunLayout(config.queries_from)
     read_manifest(storage, config.queries_from)  # raises a clear error if it is no run folder
     missing = [p for p in range(parts) if not storage.exists(source.part("queries", p))]
@@ -51,9 +52,9 @@ def _prepare(storage: Storage, config: IndexingJobConfig) -> PrepareSummary:
 def build_pipeline(config: IndexingJobConfig, parts: list[int]) -> ray.data.Dataset:
     res = config.resources
     gpus = gpus_per_actor(res.gpus_per_actor)
-    actor_args = {"batch_size": 1, "num_gpus": gpus, "num_cpus": res.cpus_per_actor,
+    actor_args: dict[str, Any] = {"batch_size": 1, "num_gpus": gpus, "num_cpus": res.cpus_per_actor,
                   "fn_constructor_kwargs": {"config": config}}
-    ds = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
+    ds: ray.data.Dataset = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
     if not config.queries_from:
         ds = ds.map_batches(GenerateQueriesStage, compute=ray.data.ActorPoolStrategy(
             min_size=res.generator_actors[0], max_size=res.generator_actors[1]), **actor_args)
@@ -98,7 +99,7 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
     new_rows = sum(int(r["embeddings_rows"]) for r in summaries if not r["embeddings_skipped"])
     files = [f for p in prepared.parts for f in p.files] + [storage.record(RunLayout(config.output).validation)]
     for stage in ("queries", "embeddings"):
-        files += [{"uri": r[f"{stage}_file"], "bytes": int(r[f"{stage}_bytes"]), "sha256": r[f"{stage}_sha256"]}
+        files += [FileRecord(r[f"{stage}_file"], int(r[f"{stage}_bytes"]), r[f"{stage}_sha256"])
                   for r in summaries if f"{stage}_file" in r]
     total_s = time.perf_counter() - started
     return finish_run(
@@ -117,7 +118,7 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
             "validation_resumed": prepared.resumed,
         },
         source_files=prepared.source_files,
-        files=[f if isinstance(f, dict) else vars(f) for f in files],
+        files=[vars(f) for f in files],
         timings={
             "prepare_s": round(prepare_s, 3),
             "pipeline_s": round(pipeline_s, 3),

@@ -89,8 +89,8 @@ class QueryEncoder:
 
     def __init__(self, encoder: dict, batch_size: int, batch_wait_s: float):
         self.encoder = _make_encoder(encoder)
-        self._encode_batch.set_max_batch_size(batch_size)
-        self._encode_batch.set_batch_wait_timeout_s(batch_wait_s)
+        self._encode_batch.set_max_batch_size(batch_size)  # type: ignore[attr-defined]  # added by @serve.batch
+        self._encode_batch.set_batch_wait_timeout_s(batch_wait_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
@@ -190,11 +190,11 @@ class Router:
                  info: dict, token: str | None):
         self.limits, self.info, self.token = limits, info, token
         self.encoder_handle = encoder if isinstance(encoder, DeploymentHandle) else None
-        self.encoder = None if self.encoder_handle else _make_encoder(encoder)
+        self.encoder = _make_encoder(encoder) if isinstance(encoder, dict) else None
         self.local = InRouterShards(**shards) if isinstance(shards, dict) else None
-        self.remote = None if self.local else ShardDeployments(shards, limits["retry_s"])
-        self._search_batch.set_max_batch_size(limits["batch_size"])
-        self._search_batch.set_batch_wait_timeout_s(limits["batch_wait_s"])
+        self.remote = None if isinstance(shards, dict) else ShardDeployments(shards, limits["retry_s"])
+        self._search_batch.set_max_batch_size(limits["batch_size"])  # type: ignore[attr-defined]  # @serve.batch
+        self._search_batch.set_batch_wait_timeout_s(limits["batch_wait_s"])  # type: ignore[attr-defined]
         self.in_flight = 0
         # Serve's threads (its event loops, Ray's core worker) take turns on the GIL: at Python's default of
         # 5 ms a turn, each hand-over added milliseconds to a search that takes one
@@ -220,10 +220,12 @@ class Router:
         if self.encoder is not None:
             query_emb = self.encoder.encode_queries(texts)
         else:
-            query_emb = await call_with_retry(lambda: self.encoder_handle.encode.remote(texts),
-                                              self.limits["retry_s"])
+            handle = self.encoder_handle
+            assert handle is not None
+            query_emb = await call_with_retry(lambda: handle.encode.remote(texts), self.limits["retry_s"])
         if self.local is not None:
             return self.local.search(query_emb, k, nprobe, columns)
+        assert self.remote is not None
         return await self.remote.search(query_emb, k, nprobe, columns)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
@@ -336,17 +338,19 @@ def build_app(config: ServeConfig):
 
     encoder_arg = {"encoder": encoder.model_dump(mode="json"), "storage": storage_dict}  # the Router encodes
     if config.separate_encoder:
-        encoder_arg = QueryEncoder.options(
+        encoder_arg = QueryEncoder.options(  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
             autoscaling_config=scaling(config.encoder_replicas, config.encoder_batch_size / 2),
             max_ongoing_requests=inner_limit, ray_actor_options=replicas,
         ).bind(encoder_arg, config.encoder_batch_size, config.encoder_batch_wait_s)
     in_router = shards_fit_router(config, manifest)
+    shards: dict | list
     if in_router:
         shards = {"index_root": config.index, "storage": storage_dict, "cache_dir": config.cache_dir}
     else:
-        shards = [IndexShard.options(name=f"IndexShard{s['shard']}", max_ongoing_requests=inner_limit,
-                                     autoscaling_config=scaling(config.shard_replicas, config.max_inflight / 2),
-                                     ray_actor_options=replicas, user_config={"nprobe": manifest["nprobe"]})
+        shard = IndexShard.options  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
+        shards = [shard(name=f"IndexShard{s['shard']}", max_ongoing_requests=inner_limit,
+                        autoscaling_config=scaling(config.shard_replicas, config.max_inflight / 2),
+                        ray_actor_options=replicas, user_config={"nprobe": manifest["nprobe"]})
                   .bind(config.index, s["shard"], storage_dict, config.cache_dir) for s in manifest["shards"]]
     info = {"index": config.index, "factory": manifest["factory"], "dim": manifest["dim"],
             "vectors": manifest["vectors"], "shards": len(manifest["shards"]), "nprobe": manifest["nprobe"],
@@ -358,7 +362,7 @@ def build_app(config: ServeConfig):
               "batch_wait_s": config.encoder_batch_wait_s, "retry_s": config.replica_retry_s}
     # The slots above max_inflight let /healthz, /info and the quick 503s through while searches run;
     # Serve's own queue limit is the backstop should the Router replicas be saturated anyway.
-    router = Router.options(
+    router = Router.options(  # type: ignore[attr-defined]
         ray_actor_options=replicas, autoscaling_config=scaling(config.router_replicas, config.max_inflight / 2),
         max_ongoing_requests=config.max_inflight + 32, max_queued_requests=config.max_inflight,
         user_config={"nprobe": manifest["nprobe"]} if in_router else None,

@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ray_jobs import train_encoder
@@ -40,7 +41,7 @@ def result_uri(sweep: SweepConfig, trial: xsweep.Trial) -> str:
 
 
 def trial_result(sweep: SweepConfig, trial: xsweep.Trial, config: TrainEncoderConfig,
-                 callbacks: list = ()) -> dict[str, Any]:
+                 callbacks: Sequence = ()) -> dict[str, Any]:
     """Train and evaluate one trial, or read its result when an earlier run finished it. `config` is the
     trial's training config as the driver resolved it (relative paths are the driver's: a Tune trial runs
     in a folder of its own)."""
@@ -133,7 +134,9 @@ def run_sweep(sweep: SweepConfig) -> dict[str, Any]:
             run_config=tune.RunConfig(name=name, failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                       verbose=0, **storage_kw))
     grid = tuner.fit()
-    failed = {r.config["trial"]["name"]: str(r.error).strip().splitlines()[-1][:300] for r in grid if r.error}
+    trial_results = [grid[i] for i in range(len(grid))]
+    failed = {(r.config or {})["trial"]["name"]: str(r.error).strip().splitlines()[-1][:300] for r in trial_results
+              if r.error}
     results = {t.name: json.loads(storage.read_bytes(result_uri(sweep, t))) for t in planned
                if storage.exists(result_uri(sweep, t))}
     report = write_report(sweep, storage, results, failed)
@@ -177,8 +180,8 @@ def _plots(sweep: SweepConfig, summary: dict, results: dict[str, dict]) -> dict[
                 plot_curves(path, xsweep.plot_lines(sweep, summary, axis, metric), xlabel=axis, ylabel=metric,
                             title=f"{metric} against {axis} (mean over seeds)")
                 plots[path.name] = path.read_bytes()
-        curves = {name: tuple(map(list, zip(*r["training"]["val_losses"]))) for name, r in results.items()
-                  if r["training"]["val_losses"]}
+        curves = {name: ([s for s, _ in r["training"]["val_losses"]], [v for _, v in r["training"]["val_losses"]])
+                  for name, r in results.items() if r["training"]["val_losses"]}
         if curves:
             path = Path(folder) / "validation-curves.png"
             plot_curves(path, curves, xlabel="step", ylabel="validation loss", title="Validation loss per trial")

@@ -12,6 +12,7 @@ loss is written to <output>/model, which `encoder.model` takes.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from ray_jobs import training
@@ -77,7 +78,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     training.worker_loop(TrainEncoderConfig.model_validate(config_dict), encoder_task)
 
 
-def run_training(config: TrainEncoderConfig, callbacks: list = ()) -> dict[str, Any]:
+def run_training(config: TrainEncoderConfig, callbacks: Sequence = ()) -> dict[str, Any]:
     def load_data(storage: Storage) -> list:
         return load_sets(storage, config.train + config.validation)[1]
 

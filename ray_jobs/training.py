@@ -15,7 +15,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,8 @@ def worker_loop(config, build_task: Callable[[Any, Storage, int, int], WorkerTas
     optimizer = torch.optim.AdamW([p for p in task.model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    progress = {"step": 0, "best_val": None, "bad_validations": 0, "val_losses": [], "resumed_at": []}
+    progress: dict[str, Any] = {"step": 0, "best_val": None, "bad_validations": 0, "val_losses": [],
+                                "resumed_at": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -166,7 +167,8 @@ def ray_storage(storage: Storage, uri: str) -> dict:
 
 
 def run_training(config, loop: Callable[[dict], None], load_data: Callable[[Storage], list], *,
-                 name_prefix: str = "train", extra_files: list[str] = (), callbacks: list = ()) -> dict[str, Any]:
+                 name_prefix: str = "train", extra_files: Sequence[str] = (), callbacks: Sequence = ()
+                 ) -> dict[str, Any]:
     """Runs `loop` (a module-level function taking the config as a dict) on Ray Train and writes the manifest.
     `load_data(storage)` loads every set once on the driver, so that bad data fails before any worker starts,
     and returns the rejected rows; `extra_files` (globs) are recorded in the manifest beside the data;
@@ -190,6 +192,7 @@ def run_training(config, loop: Callable[[dict], None], load_data: Callable[[Stor
     if result.error:
         raise result.error
     info = json.loads(storage.read_bytes(join(config.output, "model", "xdr_train.json")))
+    assert result.checkpoint is not None  # the loop reports one at its last step
     with result.checkpoint.as_directory() as folder:
         progress = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)["progress"]
     return _write_manifest(storage, config, name, progress, info, rejects, list(extra_files),

@@ -7,6 +7,7 @@ Defaults are the xQG paper's settings (docs/METHOD.md section 1). Every field ca
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -257,7 +258,7 @@ class ServeConfig(_Section):
         classmethod(lambda cls, v: absolute_location(v)))
 
 
-def load_job_config(model_cls, path: str | Path | None, overrides: list[str] = ()):
+def load_job_config(model_cls, path: str | Path | None, overrides: Sequence[str] = ()):
     """Read a job's YAML config (or none), apply `section.field=value` overrides, validate as `model_cls`.
     Errors name the file and the bad fields."""
     data: dict[str, Any] = {}

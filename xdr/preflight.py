@@ -125,7 +125,8 @@ def preflight(config) -> None:
             kind = "train" if i < len(config.train) else "validation"
             index = i if i < len(config.train) else i - len(config.train)
             check_input(f"{kind}[{index}].path", source.path, storage)
-        for pattern in getattr(config, "code_switch", None) and config.code_switch.dictionaries or []:
+        code_switch = getattr(config, "code_switch", None)  # the encoder trainer's only
+        for pattern in code_switch.dictionaries if code_switch else []:
             check_input("code_switch.dictionaries", pattern, storage)
         check_output("output", config.output, storage)
     elif isinstance(config, c.SweepConfig):

@@ -105,7 +105,9 @@ class XquadDataset:
 
 def load_xquad(folder: str | Path, languages: tuple[str, ...] = XQUAD_LANGUAGES) -> XquadDataset:
     folder = Path(folder)
-    paragraphs, questions, titles = {}, {}, []
+    paragraphs: dict[str, list[str]] = {}
+    questions: dict[str, list[Question]] = {}
+    titles: list[str] = []
     for lang in languages:
         data = json.loads((folder / f"xquad.{lang}.json").read_text(encoding="utf-8"))["data"]
         paragraphs[lang], questions[lang] = [], []

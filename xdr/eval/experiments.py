@@ -6,20 +6,21 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from xdr.eval.datasets import BeirDataset, LareqaDataset, XquadDataset
 from xdr.eval.metrics import average_precision, language_bias, paired_t_test, ranks_of, trec_metrics
-from xdr.models.encoder import Encoder
+from xdr.models.encoder import TextEncoder
 from xdr.pipeline.fusion import fuse
 
 
-def lareqa_evaluate(data: LareqaDataset, encoder: Encoder, *, k: int | None = None) -> dict:
+def lareqa_evaluate(data: LareqaDataset, encoder: TextEncoder, *, k: int | None = None) -> dict:
     """mAP in the mono, cross and multi settings and the language bias, per language and averaged."""
     cand_emb = encoder.encode_passages([""] * len(data.candidates), [c.text for c in data.candidates])
     cand_lang = np.array([c.lang for c in data.candidates])
-    columns_of = {lang: np.flatnonzero(cand_lang == lang) for lang in data.languages}
+    columns_of = {lang: np.flatnonzero(cand_lang == lang).tolist() for lang in data.languages}
     mono, cross, multi, bias = {}, {}, {}, {}
     for x in data.languages:
         questions = data.questions[x]
@@ -35,7 +36,8 @@ def lareqa_evaluate(data: LareqaDataset, encoder: Encoder, *, k: int | None = No
             position = {c: i for i, c in enumerate(cols)}
             rel_y = [[position[c] for c in rel if c in position] for rel in relevant]
             keep = [i for i, r in enumerate(rel_y) if r]  # questions with no relevant candidate in y are dropped
-            ranks = ranks_of(all_scores[np.ix_(keep, cols)], [rel_y[i] for i in keep])
+            ranks = ranks_of(all_scores[np.ix_(np.asarray(keep, dtype=np.int64), np.asarray(cols, dtype=np.int64))],
+                             [rel_y[i] for i in keep])
             value = float(np.mean([average_precision(r, k) for r in ranks])) if keep else float("nan")
             if x == y:
                 mono[x] = value
@@ -57,7 +59,7 @@ def fold_of(qid: str, folds: int) -> int:
     return int.from_bytes(hashlib.blake2b(qid.encode(), digest_size=4).digest(), "little") % folds
 
 
-def oracle_xqg(data: XquadDataset, encoder: Encoder, *, passage_lang: str = "en", query_langs: Sequence[str],
+def oracle_xqg(data: XquadDataset, encoder: TextEncoder, *, passage_lang: str = "en", query_langs: Sequence[str],
                target_langs: Sequence[str], n_values: Sequence[int], alphas: Sequence[float], folds: int = 5,
                mode: str = "sum") -> dict:
     """'Oracle xQG' on XQuAD: passages are the `passage_lang` paragraphs; a paragraph's "generated queries"
@@ -95,7 +97,7 @@ def oracle_xqg(data: XquadDataset, encoder: Encoder, *, passage_lang: str = "en"
                 continue
             vectors, owners = [], []
             for lang in target_langs:
-                per_paragraph = defaultdict(list)
+                per_paragraph: dict[int, list[int]] = defaultdict(list)
                 for i, q in sorted(enumerate(data.questions[lang]), key=lambda t: t[1].qid):
                     if fold_of(q.qid, folds) != f and len(per_paragraph[q.paragraph]) < n:
                         per_paragraph[q.paragraph].append(i)
@@ -112,7 +114,7 @@ def oracle_xqg(data: XquadDataset, encoder: Encoder, *, passage_lang: str = "en"
     for n in n_values:
         for alpha in alphas:
             scores = baseline if n == 0 or alpha == 0 else per_question_scores(fused_passages(n, alpha))
-            row = {"n": n, "alpha": alpha, "per_language": {}}
+            row: dict[str, Any] = {"n": n, "alpha": alpha, "per_language": {}}
             for lang in query_langs:
                 test = paired_t_test(baseline[lang]["RR@10"], scores[lang]["RR@10"], comparisons=len(query_langs))
                 row["per_language"][lang] = {"MRR@10": float(scores[lang]["RR@10"].mean()),
@@ -129,13 +131,13 @@ def oracle_xqg(data: XquadDataset, encoder: Encoder, *, passage_lang: str = "en"
                     "query languages per language)", "folds": folds, "mode": mode, "curve": curve}
 
 
-def multilingual_pooled(data: XquadDataset, encoder: Encoder, *, langs: Sequence[str]) -> dict:
+def multilingual_pooled(data: XquadDataset, encoder: TextEncoder, *, langs: Sequence[str]) -> dict:
     """Questions in each language against the paragraphs of all `langs` pooled; relevant = the question's
     paragraph in every language. mAP and language bias, per query language."""
     cand = [(lang, p) for lang in langs for p in range(len(data.paragraphs[lang]))]
     cand_emb = np.concatenate([encoder.encode_passages(data.titles, data.paragraphs[lang]) for lang in langs])
     column = {c: i for i, c in enumerate(cand)}
-    out = {"mAP": {}, "language_bias": {}}
+    out: dict[str, dict[str, float]] = {"mAP": {}, "language_bias": {}}
     for lang in langs:
         questions = data.questions[lang]
         scores = encoder.encode_queries([q.text for q in questions]) @ cand_emb.T
@@ -147,7 +149,7 @@ def multilingual_pooled(data: XquadDataset, encoder: Encoder, *, langs: Sequence
     return out
 
 
-def beir_evaluate(data: BeirDataset, encoder: Encoder, *, k: int = 100, batch: int = 256,
+def beir_evaluate(data: BeirDataset, encoder: TextEncoder, *, k: int = 100, batch: int = 256,
                   measures: Sequence[str] = ("nDCG@10", "R@100", "RR@10"), index_uri: str | None = None,
                   nprobe: int | None = None, storage=None) -> dict:
     """Exact dense retrieval over the whole corpus, or with `index_uri` through a built index (its passages
@@ -176,7 +178,7 @@ def beir_evaluate(data: BeirDataset, encoder: Encoder, *, k: int = 100, batch: i
     return {"metrics": aggregate, "queries": len(qids), "documents": len(doc_ids), "per_query": per_query}
 
 
-def xor_evaluate(questions: Sequence, passages: dict[str, tuple[str, str]], encoder: Encoder, *,
+def xor_evaluate(questions: Sequence, passages: dict[str, tuple[str, str]], encoder: TextEncoder, *,
                  depth: int = 100, run_uri: str | None = None, index_uri: str | None = None, nprobe: int | None = None,
                  storage=None) -> dict:
     """R@2kt and R@5kt (XOR-Retrieve). Passages are encoded here, or, with `run_uri`, taken from an

@@ -134,11 +134,13 @@ class TTest:
     p_bonferroni: float | None = None
 
 
-def paired_t_test(a: Sequence[float], b: Sequence[float], *, comparisons: int = 1) -> TTest:
-    """Two-sided paired t-test of b against a over the same questions; Bonferroni over `comparisons`."""
+def paired_t_test(before: Sequence[float] | np.ndarray, after: Sequence[float] | np.ndarray, *,
+                  comparisons: int = 1) -> TTest:
+    """Two-sided paired t-test of `after` against `before` over the same questions; Bonferroni over
+    `comparisons`."""
     from scipy import stats
 
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
     if a.shape != b.shape or a.size < 2:
         raise ValueError(f"paired t-test needs two equal-length samples of >= 2 scores, got {a.shape}, {b.shape}")
     diff = b - a

@@ -13,24 +13,31 @@ from xdr.eval import datasets, experiments, report
 from xdr.models.encoder import make_encoder
 
 
+def _given(value: str | None) -> str:
+    """An input the config's validator requires for this kind of evaluation."""
+    assert value is not None
+    return value
+
+
 def _encoder(c: EvaluateConfig):
     return make_encoder(c.encoder)
 
 
 def _lareqa(c: EvaluateConfig) -> tuple[dict, str]:
     articles = range(c.articles[0], c.articles[1] + 1) if c.articles else None
-    result = experiments.lareqa_evaluate(datasets.load_lareqa(Path(c.data), articles=articles), _encoder(c), k=c.k)
+    data = datasets.load_lareqa(Path(_given(c.data)), articles=articles)
+    result = experiments.lareqa_evaluate(data, _encoder(c), k=c.k)
     langs = sorted(result["questions_per_language"])
     rows = {lang: {"mono": result["mono"][lang], "cross": result["cross"][lang], "multi": result["multi"][lang],
                    "bias": result["language_bias"][lang]} for lang in langs + ["avg"]}
-    md = (f"mAP{'@' + str(c.k) if c.k else ''} on {Path(c.data)} ({result['candidates']:,} candidates; cross "
+    md = (f"mAP{'@' + str(c.k) if c.k else ''} on {Path(_given(c.data))} ({result['candidates']:,} candidates; cross "
           f"averaged over {result['cross']['pairs']} ordered pairs; bias = mean max-min rank of the relevant "
           f"candidates in the multi setting)\n\n" + report.table(rows, ["mono", "cross", "multi", "bias"]))
     return result, md
 
 
 def _oracle(c: EvaluateConfig) -> tuple[dict, str]:
-    data = datasets.load_xquad(Path(c.data))
+    data = datasets.load_xquad(Path(_given(c.data)))
     encoder = _encoder(c)
     query_langs = [x for x in datasets.XQUAD_LANGUAGES if x != "en"]
     result = experiments.oracle_xqg(data, encoder, query_langs=query_langs, target_langs=query_langs,
@@ -52,7 +59,7 @@ def _oracle(c: EvaluateConfig) -> tuple[dict, str]:
     sweep_rows = {f"n={r['n']}, alpha={r['alpha']}": {"MRR@10": r["MRR@10"], "R@1": r["R@1"], "p": r["p"]}
                   for r in curve}
     multi = result["multilingual"]
-    md = (f"Oracle xQG on {Path(c.data)}: questions in 11 languages against the 240 English paragraphs; best "
+    md = (f"Oracle xQG on {Path(_given(c.data))}: questions in 11 languages against the 240 English paragraphs; best "
           f"setting n={best['n']}, alpha={best['alpha']} ({c.folds}-fold by question id; {result['test']})\n\n"
           + report.table(rows, list(rows["avg"]), fmt="{:.4g}") + "\n\nSweep (all query languages)\n\n"
           + report.table(sweep_rows, ["MRR@10", "R@1", "p"], fmt="{:.4g}")
@@ -83,7 +90,7 @@ def _xor(c: EvaluateConfig) -> tuple[dict, str]:
             passage, _ = validator.check(row)
             if passage:
                 passages[passage["id"]] = (passage["title"], passage["text"])
-    questions = datasets.load_xor_questions(c.questions)
+    questions = datasets.load_xor_questions(_given(c.questions))
     result = experiments.xor_evaluate(questions, passages, _encoder(c), depth=c.depth, run_uri=c.run,
                                       index_uri=c.index, nprobe=c.nprobe)
     rows = {lang: {"R@2kt": result["R@2kt"][lang], "R@5kt": result["R@5kt"][lang]} for lang in result["R@2kt"]}
@@ -105,9 +112,9 @@ def evaluate(c: EvaluateConfig) -> dict:
     elif c.kind == "xor":
         result, md = _xor(c)
     elif c.kind == "miracl-yo":
-        result, md = _beir_like(datasets.load_miracl_yo(c.data), c, "MIRACL-yo dev")
+        result, md = _beir_like(datasets.load_miracl_yo(_given(c.data)), c, "MIRACL-yo dev")
     else:
-        result, md = _beir_like(datasets.load_beir(c.corpus, c.topics, c.qrels), c, "BEIR")
+        result, md = _beir_like(datasets.load_beir(_given(c.corpus), _given(c.topics), _given(c.qrels)), c, "BEIR")
     result["encoder"] = c.encoder.model
     result["seconds"] = round(time.perf_counter() - start, 1)
     report.write_json(Path(c.output) / "result.json", result)

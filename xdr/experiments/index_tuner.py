@@ -41,14 +41,21 @@ from xdr.uris import join
 log = logging.getLogger("xdr.experiments.index_tuner")
 
 
+def _given(value: str | None) -> str:
+    """A file the config's validator requires for this kind of evaluation set."""
+    assert value is not None
+    return value
+
+
 def load_eval_set(config: TuneIndexConfig) -> tune.EvalSet:
     e = config.eval
     if e.kind == "miracl-yo":
-        return tune.beir_set("MIRACL-yo dev", datasets.load_miracl_yo(e.path), lang="yo", depth=e.depth)
+        return tune.beir_set("MIRACL-yo dev", datasets.load_miracl_yo(_given(e.path)), lang="yo", depth=e.depth)
     if e.kind == "beir":
-        return tune.beir_set("BEIR", datasets.load_beir(e.corpus, e.topics, e.qrels), depth=e.depth)
+        data = datasets.load_beir(_given(e.corpus), _given(e.topics), _given(e.qrels))
+        return tune.beir_set("BEIR", data, depth=e.depth)
     articles = range(e.articles[0], e.articles[1] + 1) if e.articles else None
-    return tune.lareqa_set("LAReQA multi", datasets.load_lareqa(e.path, articles=articles), depth=e.depth)
+    return tune.lareqa_set("LAReQA multi", datasets.load_lareqa(_given(e.path), articles=articles), depth=e.depth)
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -73,6 +80,7 @@ def document_vectors(config: TuneIndexConfig, storage: Storage, evalset: tune.Ev
             return vectors, [len(vectors)]
     started = time.perf_counter()
     corpus = evalset.corpus
+    assert corpus is not None  # an evaluation set without a run carries its corpus
     vectors = encoder.encode_passages([t for t, _ in corpus], [x for _, x in corpus])
     log.info("encoded %d documents in %.0fs", len(vectors), time.perf_counter() - started)
     storage.write_bytes(cached, _npy(np.asarray(vectors, dtype=np.float32)))

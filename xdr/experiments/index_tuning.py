@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -140,16 +141,17 @@ def measure(index: faiss.Index, factory: str, nprobe: int | None, queries: np.nd
         single.append(time.perf_counter() - t)
     ranked = [[data.doc_ids[r] if r >= 0 else None for r in row] for row in rows.tolist()]
     values = data.score(ranked, scores)
-    point = {"factory": factory, "nprobe": nprobe,
+    point: dict[str, Any] = {"factory": factory, "nprobe": nprobe,
              "metrics": {m: float(v.mean()) for m, v in values.items()},
              "per_language": per_language(values, data.query_langs),
              "queries_per_s": len(queries) / batch_s, "p50_ms": _percentile_ms(single, 50),
              "p99_ms": _percentile_ms(single, 99), "per_query": {m: v.tolist() for m, v in values.items()}}
     if exact is not None:
-        point["vs_exact"] = {}
+        vs_exact: dict[str, dict[str, float]] = {}
+        point["vs_exact"] = vs_exact
         for m, v in values.items():
             test = paired_t_test(exact[m], v)
-            point["vs_exact"][m] = {"difference": test.mean_difference, "relative": _relative(v.mean(), exact[m]),
+            vs_exact[m] = {"difference": test.mean_difference, "relative": _relative(v.mean(), exact[m]),
                                     "p": test.p}
     return point
 

@@ -238,4 +238,5 @@ def plot_lines(sweep: SweepConfig, summary: dict, axis: str, metric: str) -> dic
         xs, ys = lines.setdefault(label, ([], []))
         xs.append(setting[axis])
         ys.append(summary["table"][name][metric]["mean"])
-    return {label: tuple(map(list, zip(*sorted(zip(xs, ys))))) for label, (xs, ys) in lines.items()}
+    return {label: ([x for x, _ in sorted(zip(xs, ys))], [y for _, y in sorted(zip(xs, ys))])
+            for label, (xs, ys) in lines.items()}

@@ -81,7 +81,8 @@ def add_assigned(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, assig
     """index.add_with_ids, with each vector's inverted list found by `assigner`, a copy of the index's coarse
     quantizer (on the GPUs: the assignment is the costly part of adding, nlist dot products a vector)."""
     _, lists = assigner.search(vectors, 1)
-    index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists.ravel()))
+    index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids),  # type: ignore[attr-defined]
+                   faiss.swig_ptr(lists.ravel()))  # add_core: an IndexIVF method
 
 
 def to_bytes(index: faiss.Index) -> bytes:
@@ -167,7 +168,8 @@ class UniformBatchWriter:
     that a reader finds row r in batch r // rows without reading any batch's metadata first."""
 
     def __init__(self, writer, rows: int = LOOKUP_BATCH_ROWS):
-        self.writer, self.rows, self.pending = writer, rows, []
+        self.writer, self.rows = writer, rows
+        self.pending: list[pa.Table] = []
 
     def write(self, table: pa.Table) -> None:
         self.pending.append(table)

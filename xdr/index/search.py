@@ -49,7 +49,7 @@ def _local_copy(storage: Storage, uri: str, sha256: str, cache_dir: str | None) 
     index at the same URI is never served from a stale copy), verified against the manifest."""
     if not is_s3(uri):
         return storage.filesystem(uri)[1]
-    cache = Path(cache_dir or os.environ.get("XDR_CACHE", Path.home() / ".cache" / "xdr"))
+    cache = Path(cache_dir or os.environ.get("XDR_CACHE") or Path.home() / ".cache" / "xdr")
     target = cache / sha256 / Path(uri).name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ class ShardedSearcher:
 
     def docs(self, faiss_ids: np.ndarray, columns: tuple[str, ...] = ("id",)) -> dict[int, dict]:
         """faiss id -> {column: value} for every valid id, each read from the shard that holds it."""
-        found = {}
+        found: dict[int, dict] = {}
         for shard in self.shards:
             wanted = np.unique(faiss_ids[(faiss_ids >= shard.first_id) & (faiss_ids < shard.first_id + shard.size)])
             found.update(zip(wanted.tolist(), shard.lookup(wanted, columns)))

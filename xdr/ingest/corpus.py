@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -76,6 +76,7 @@ def _lines(stream, *, max_line_bytes: int, chunk_bytes: int = 1 << 20) -> Iterat
 
     def finish() -> bytes | _OverlongLine:
         nonlocal overlong
+        line: bytes | _OverlongLine
         if overlong:
             line, overlong = _OverlongLine(bytes(pending[:EXCERPT_CHARS]), overlong), 0
         else:
@@ -234,7 +235,7 @@ def _tsv_rows(storage: Storage, uri: str, max_line_bytes: int, **span) -> Iterat
         except csv.Error as err:
             return RawRow(source, line_no, None, reject_reason("invalid TSV", str(err)), _excerpt(line))
         if line_no == 1 and at_file_start and _tsv_header(values):
-            columns = _tsv_header(values)
+            columns = _tsv_header(values) or columns
             return None  # header line
         if len(values) != len(columns):
             return RawRow(source, line_no, None, reject_reason(
@@ -307,7 +308,8 @@ def iter_raw_rows(storage: Storage, uri: str, fmt: str, *, max_line_bytes: int =
                   end: int | None = None, count: ReadCount | None = None) -> Iterator[RawRow]:
     """Rows of a corpus file; with `end`, only the rows that start in the byte range [start, end) of an
     uncompressed file, numbered from that range's first line. `count` receives the lines gone through."""
-    readers = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}
+    readers: dict[str, Callable[..., Iterator[RawRow]]] = {"tsv": _tsv_rows, "jsonl": _jsonl_rows,
+                                                            "parquet": _parquet_rows}
     return readers[fmt](storage, uri, max_line_bytes, start=start, end=end, count=count)
 
 
@@ -369,7 +371,7 @@ class PassageValidator:
         if isinstance(value, int):
             return str(value), None
         pid, reason = _text_value(fields, key, required=True)
-        if reason:
+        if reason or pid is None:
             return None, reason
         pid = pid.strip()
         return (pid, None) if pid else (None, reject_reason("missing id"))
@@ -379,11 +381,12 @@ class PassageValidator:
         if row.error:
             return None, row.error
         fields = row.fields
+        assert fields is not None  # a row without an error has its fields
         pid, reason = self._passage_id(fields)
-        if reason:
+        if reason or pid is None:
             return None, reason
         text, reason = _text_value(fields, "text", required=True)
-        if reason:
+        if reason or text is None:
             return None, reason
         if not text.strip():
             return None, reject_reason("empty text")

@@ -363,7 +363,8 @@ def assemble_part(storage: Storage, run_uri: str, part: int, units: list[int]) -
 
 def line_offsets(units: list[InputUnit], results: list[UnitResult]) -> list[int]:
     """The line number before each unit's first line: the lines of the earlier ranges of its file."""
-    offsets, seen = [], Counter()
+    offsets: list[int] = []
+    seen: Counter[str] = Counter()
     for unit, result in zip(units, results):
         offsets.append(seen[unit.uri])
         seen[unit.uri] += result.lines
@@ -474,7 +475,7 @@ def validate_corpus(storage: Storage, config: CorpusConfig, run_uri: str, execut
     parts += [p for p in executor.get(assembled) if p is not None]
     parts.sort(key=lambda p: p.part)
 
-    reasons = Counter()
+    reasons: Counter[str] = Counter()
     for result in results:
         reasons.update(result.reject_reasons)
     reasons["duplicate id"] += int(duplicates.sum())

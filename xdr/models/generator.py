@@ -63,15 +63,15 @@ class KeyedTopKSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         assert self.row_keys is not None and len(self.row_keys) == scores.shape[0]
-        scores = scores.float()
+        logits = scores.float()
         if self.banned:
-            scores[:, self.banned] = float("-inf")
-        top_values, top_ids = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)
+            logits[:, self.banned] = float("-inf")
+        top_values, top_ids = logits.topk(min(self.top_k, scores.shape[-1]), dim=-1)
         gumbel = -torch.log(-torch.log(hashed_uniform(self.row_keys, input_ids.shape[1], top_ids.shape[1])))
         pick = (top_values.double() / self.temperature + gumbel).argmax(dim=-1, keepdim=True)
         chosen = top_ids.gather(1, pick)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, chosen, 0.0)
+        out = torch.full_like(logits, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)  # type: ignore[return-value]  # a float tensor, as the interface says
 
 
 class QueryGenerator:
@@ -102,7 +102,7 @@ class QueryGenerator:
         return self.tokenizer(prompts, truncation=True, max_length=self.config.max_input_tokens)["input_ids"]
 
     @torch.inference_mode()
-    def _generate_batch(self, token_ids: list[list[int]], keys: list[list[int]]) -> list[list[str]]:
+    def _generate_batch(self, token_ids: Sequence[Sequence[int]], keys: Sequence[Sequence[int]]) -> list[list[str]]:
         input_ids, mask = pad_batch(token_ids, self.tokenizer.pad_token_id)
         self.sampler.row_keys = torch.as_tensor(np.asarray(keys).reshape(-1), device=self.device)
         out = self.model.generate(
@@ -116,7 +116,7 @@ class QueryGenerator:
     def generate_ids(self, token_ids: Sequence[Sequence[int]], keys: Sequence[Sequence[int]]) -> list[list[str]]:
         """Tokenised prompts and their sequence keys (one per query) -> the queries of each prompt, generated
         in length-sorted batches of `batch_size` prompts."""
-        out: list[list[str] | None] = [None] * len(token_ids)
+        out: list[list[str]] = [[] for _ in token_ids]
         for batch in length_sorted_batches([len(t) for t in token_ids], self.config.batch_size):
             for i, texts in zip(batch, self._generate_batch([token_ids[i] for i in batch], [keys[i] for i in batch])):
                 out[i] = texts
@@ -127,7 +127,7 @@ class QueryGenerator:
         ordered by passage, then language (config order), then qidx."""
         cfg = self.config
         pairs = [(p, lang) for p in passages for lang in cfg.languages]
-        results: list[list[str] | None] = [None] * len(pairs)
+        results: list[list[str]] = [[] for _ in pairs]
 
         def tokenized_chunks():
             for span in chunks(len(pairs), TOKENIZE_CHUNK):

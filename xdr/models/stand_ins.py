@@ -21,13 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xdr.config import EncoderConfig, GeneratorConfig
+from xdr.models.encoder import TextEncoder
 from xdr.models.references import STAND_IN_PREFIX
 
 PREFIX = STAND_IN_PREFIX
 LEAD_WORDS = 8
 
 
-class HashingEncoder:
+class HashingEncoder(TextEncoder):
     """encode(texts, max_tokens) -> float32 [N, dim]: signed feature hashing of whitespace words."""
 
     def __init__(self, config: EncoderConfig):
@@ -58,13 +59,6 @@ class HashingEncoder:
                           minlength=n * self._dim).reshape(n, self._dim).astype(np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(texts, self.config.query_max_tokens)
-
-    def encode_passages(self, titles: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        joined = [f"{t} {x}" if t else x for t, x in zip(titles, texts)]
-        return self.encode(joined, self.config.passage_max_tokens)
 
 
 class LeadWordsGenerator:

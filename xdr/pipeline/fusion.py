@@ -45,6 +45,7 @@ def fuse(
     has_queries = n_queries > 0
     scale = np.zeros(n_passages, dtype=np.float64)
     if mode == "sum":
+        assert nominal_queries is not None  # checked above for mode "sum"
         scale[has_queries] = nominal_queries / n_queries[has_queries]
     else:
         scale[has_queries] = 1.0 / n_queries[has_queries]

@@ -22,7 +22,7 @@ def with_lora(model: nn.Module, lora: dict) -> nn.Module:
 def merged(model: nn.Module, lora: dict | None) -> nn.Module:
     """The model to save: a LoRA model's adapters merged into a copy of its weights, so the folder loads like
     any fine-tuned model; a fully fine-tuned model as it is."""
-    return copy.deepcopy(model).merge_and_unload() if lora else model
+    return copy.deepcopy(model).merge_and_unload() if lora else model  # type: ignore[operator]  # a peft model
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

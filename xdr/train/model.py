@@ -5,6 +5,7 @@ takes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +26,8 @@ class TrainableEncoder(nn.Module):
 
         self.model_name, self.pooling, self.normalize = model_name, pooling, normalize
         self.is_use = model_kind(model_name) in (ModelKind.USE, ModelKind.USE_FOLDER)
+        self.model: Any
+        self.tokenizer: Any  # USE's own tokenizer or a Hugging Face one: `is_use` says which
         if self.is_use:
             self.model, self.tokenizer = load_use(model_name)
         else:
@@ -60,7 +63,7 @@ class TrainableEncoder(nn.Module):
     def save(self, folder: str | Path) -> Path:
         """A folder that `encoder.model` accepts (USE: xdr_use.json + weights + sp.model; HF: save_pretrained)."""
         folder = Path(folder)
-        model = merged(self.model, self.lora)
+        model: Any = merged(self.model, self.lora)  # USE's module or a transformers model: both save_pretrained
         if self.is_use:
             return model.save_pretrained(folder)
         model.save_pretrained(folder)

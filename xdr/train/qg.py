@@ -107,9 +107,11 @@ class ExampleSampler(EpochSampler):
         return len(self.examples) // self.batch_size
 
     def global_batch(self, epoch: int, number: int) -> list[QGExample]:
-        if self._order[0] != epoch:
-            self._order = (epoch, seeded_rng(self.seed, epoch, 4).permutation(len(self.examples)))
-        return [self.examples[i] for i in self._order[1][number * self.batch_size:(number + 1) * self.batch_size]]
+        epoch_of_order, order = self._order
+        if epoch_of_order != epoch or order is None:
+            order = seeded_rng(self.seed, epoch, 4).permutation(len(self.examples))
+            self._order = (epoch, order)
+        return [self.examples[i] for i in order[number * self.batch_size:(number + 1) * self.batch_size]]
 
     def _fingerprint_key(self) -> tuple:
         return len(self.examples), self.batch_size, "qg"
@@ -141,7 +143,7 @@ class TrainableGenerator(nn.Module):
 
     def save(self, folder) -> None:
         """A folder that `generator.model` takes (LoRA merged into the weights)."""
-        merged(self.model, self.lora).save_pretrained(folder)
+        merged(self.model, self.lora).save_pretrained(folder)  # type: ignore[operator]  # a transformers model
         self.tokenizer.save_pretrained(folder)
 
     def parameter_counts(self) -> dict[str, int]:

@@ -164,7 +164,7 @@ class HybridBatchSampler(EpochSampler):
         own = item.passage[ld].text
         group = [j for j in self.groups[dataset][item.group] if data.items[j].passage[ld].text != own]
         pool = group if len(group) >= self.negatives else None
-        negatives = []
+        negatives: list[Passage] = []
         while len(negatives) < self.negatives:  # the article's other paragraphs, else any other paragraph
             j = int(pool[rng.integers(len(pool))] if pool else rng.integers(len(data.items)))
             passage = data.items[j].passage[ld]
@@ -188,7 +188,7 @@ class HybridBatchSampler(EpochSampler):
                                triplet.passage_lang, "given")
 
     def _fingerprint_key(self) -> tuple:
-        key = (self.sizes, self.batch_size, self.kind, self.alpha, self.negatives)
+        key: tuple = (self.sizes, self.batch_size, self.kind, self.alpha, self.negatives)
         if self.transform:  # runs without a transform keep the fingerprint they had before transforms existed
             key += (self.transform.fingerprint(),)
         return key
