@@ -102,7 +102,7 @@ def endpoint(work: Path, n: int, requests_n: int) -> dict:
     from ray import serve
 
     from ray_jobs import serve_app
-    from ray_jobs.common import free_port
+    from ray_jobs.common import free_port, start_local_ray
     from xdr import client
     from xdr.config import EncoderConfig, ServeConfig
     from xdr.models.encoder import make_encoder
@@ -120,7 +120,7 @@ def endpoint(work: Path, n: int, requests_n: int) -> dict:
     def direct(q: str) -> None:
         searcher.search(encoder.encode_queries([q]), k=10, nprobe=8)
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    start_local_ray(2, logging_level="ERROR")
     try:
         url = serve_app.start(ServeConfig(index=index, port=free_port(), encoder_replicas=(1, 1),
                                           shard_replicas=(1, 1), replica_cpus=0.25), name="bench")

@@ -66,9 +66,10 @@ def run_ray(config) -> float:
     """Returns the seconds of the job itself, without starting and stopping the local Ray."""
     import ray
 
+    from ray_jobs.common import start_local_ray
     from ray_jobs.index_corpus import run_indexing
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(2)
     try:
         start = time.perf_counter()
         run_indexing(config, progress_every_s=30)

@@ -205,13 +205,12 @@ def serve_group(args) -> None:
     from ray import serve
 
     from ray_jobs import serve_app
-    from ray_jobs.common import free_port, quiet_ray_logs
+    from ray_jobs.common import free_port, start_local_ray
     from xdr.config import ServeConfig
 
     expected = json.loads(Path(args.group_out).read_text(encoding="utf-8"))["expected"]
     serve_proxy.configure_ingress("proxy")  # the middleware; the setting's own variables came with the process
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             **quiet_ray_logs(Path(args.work) / f"ray-{args.serve_group}.log"))
+    start_local_ray(2, log_file=Path(args.work) / f"ray-{args.serve_group}.log")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
@@ -360,7 +359,7 @@ def demo_index(work: Path) -> str:
 
     from ray_jobs import build_index, index_corpus
     from ray_jobs.cli import DEMO_CONFIG
-    from ray_jobs.common import quiet_ray_logs
+    from ray_jobs.common import start_local_ray
     from xdr.config import IndexBuildConfig, IndexingJobConfig
     from xdr.models import tiny as tiny_models
 
@@ -372,7 +371,7 @@ def demo_index(work: Path) -> str:
     data.update(output=str(work / "run"))
     data["corpus"]["path"] = str(tiny_models.SAMPLE_CORPUS)
     data["generator"]["model"] = str(models["generator"])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, **quiet_ray_logs(work / "ray-build.log"))
+    start_local_ray(2, log_file=work / "ray-build.log")
     try:
         index_corpus.run_indexing(IndexingJobConfig.model_validate(data))
         build_index.build_index(IndexBuildConfig(run=str(work / "run"), shards=2, nprobe=4))

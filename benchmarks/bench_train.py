@@ -32,13 +32,13 @@ def main() -> None:
 
     import ray
 
-    from ray_jobs.common import quiet_ray_logs
+    from ray_jobs.common import start_local_ray
     from ray_jobs.train_encoder import run_training
     from xdr.config import TrainEncoderConfig
 
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        ray.init(address="local", include_dashboard=False, **quiet_ray_logs(Path(work) / "ray.log"))
+        start_local_ray(None, log_file=Path(work) / "ray.log")
         try:
             for workers in args.workers:
                 config = TrainEncoderConfig.model_validate({

@@ -39,10 +39,11 @@ TASKS = ("validate_unit", "find_duplicates", "cut_unit", "assemble_part")
 def _validate_on_ray(config: CorpusConfig, run: str, cpus: int) -> dict:
     import ray
 
+    from ray_jobs.common import start_local_ray
     from ray_jobs.tasks import RayTasks
     from xdr.ingest.validation import validate_corpus
 
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_local_ray(cpus, logging_level="ERROR", log_to_driver=False)
     try:
         time.sleep(2)  # let the idle workers start before the clock does
         with Sampler(os.getpid(), every_s=0.2) as memory:  # this process and the Ray it started

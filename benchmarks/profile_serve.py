@@ -95,11 +95,11 @@ def main() -> None:
     from ray import serve
 
     from ray_jobs import serve_app
-    from ray_jobs.common import free_port, quiet_ray_logs
+    from ray_jobs.common import free_port, start_local_ray
     from xdr.config import ServeConfig
 
     work = Path(tempfile.mkdtemp(prefix="xdr-profile-"))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, **quiet_ray_logs(work / "ray.log"))
+    start_local_ray(2, log_file=work / "ray.log")
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     levels = []
     try:

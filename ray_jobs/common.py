@@ -147,6 +147,14 @@ def connect_ray(address: str | None = None, *, log_file: Path | None = None, **i
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
+def start_local_ray(num_cpus: int | None = 2, *, log_file: Path | None = None, logging_level: str = "WARNING",
+                    **init_options) -> None:
+    """A fresh local Ray for the demo, benchmarks and tests: address "local" (never a stale cluster's), no
+    dashboard; Ray's own log lines to `log_file` when given (quiet_ray_logs), else at `logging_level`."""
+    options = quiet_ray_logs(log_file) if log_file else {"logging_level": logging_level}
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options, **init_options)
+
+
 STALL_S = 600.0  # no task finished for this long: say so (a first task can take minutes on a cold GPU node)
 
 

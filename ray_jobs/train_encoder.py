@@ -17,22 +17,10 @@ from typing import Any
 
 from ray_jobs import training
 from ray_jobs.common import run_job
-from xdr.config import TrainDataConfig, TrainEncoderConfig
+from xdr.config import TrainEncoderConfig
 from xdr.io.storage import Storage
 from xdr.models.files import local_model
-
-
-def run_name(config: TrainEncoderConfig) -> str:
-    return training.run_name(config)
-
-
-def load_sets(storage: Storage, sources: list[TrainDataConfig]) -> tuple[list, list]:
-    sets, rejects = [], []
-    for source in sources:
-        data, bad = training.load_source(storage, source)
-        sets.append(data)
-        rejects += bad
-    return sets, rejects
+from xdr.train.sources import load_sets
 
 
 def _sampler(config: TrainEncoderConfig, sets: list, seed: int, rank: int, world: int, transform=None):

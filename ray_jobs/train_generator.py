@@ -17,28 +17,10 @@ from typing import Any
 
 from ray_jobs import training
 from ray_jobs.common import run_job
-from xdr.config import TrainDataConfig, TrainGeneratorConfig
+from xdr.config import TrainGeneratorConfig
 from xdr.io.storage import Storage
 from xdr.models.files import local_model
-
-
-def load_examples(storage: Storage, sources: list[TrainDataConfig], config: TrainGeneratorConfig) -> tuple[list, list]:
-    """Every source's (passage, language, question) examples, concatenated, and the rejected rows."""
-    from xdr.train.qg import qg_examples, qg_from_triplets
-
-    examples, rejects = [], []
-    for source in sources:
-        data, bad = training.load_source(storage, source)
-        rejects += bad
-        if source.kind in ("xquad", "parallel_jsonl"):
-            examples += qg_examples(data, config.passage_language, config.languages)
-        elif source.kind == "triplets":
-            data, unprompted = qg_from_triplets(data, source.path)
-            examples += data
-            rejects += unprompted
-        else:
-            examples += data
-    return examples, rejects
+from xdr.train.sources import load_examples
 
 
 def generator_task(config: TrainGeneratorConfig, storage: Storage, rank: int, world: int) -> training.WorkerTask:

@@ -10,7 +10,6 @@ resumes it too: the run's name is derived from the config, so Ray Train finds it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -25,8 +24,8 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from xdr.config import RUN_NEUTRAL
 from xdr.io.storage import Storage
+from xdr.train.sources import run_name, write_training_manifest
 from xdr.uris import is_s3, join
 
 log = logging.getLogger("xdr.train")
@@ -44,26 +43,6 @@ class WorkerTask:
     val_loss: Callable[..., float]  # (wrapped model, batches, autocast_dtype=, **kw) -> loss
     loss_kwargs: dict
     examples_per_step: int
-
-
-def load_source(storage: Storage, source) -> tuple[Any, list]:
-    """One `train` / `validation` item -> (a ParallelSet, triplets or generator examples; rejected rows)."""
-    from xdr.train.data import load_parallel_jsonl, load_triplets, load_xquad
-    from xdr.train.qg import load_qg_jsonl
-
-    if source.kind == "xquad":
-        articles = range(source.articles[0], source.articles[1] + 1) if source.articles else None
-        return load_xquad(storage, source.path, languages=tuple(source.languages or ()) or None, articles=articles)
-    files = storage.expand(source.path)
-    if not files:
-        raise ValueError(f"{source.path!r} names no files")
-    loader = {"parallel_jsonl": load_parallel_jsonl, "triplets": load_triplets, "qg_jsonl": load_qg_jsonl}
-    return loader[source.kind](storage, files)
-
-
-def run_name(config, prefix: str = "train") -> str:
-    digest = hashlib.sha256(config.model_dump_json(exclude=set(RUN_NEUTRAL)).encode()).hexdigest()[:12]
-    return f"{prefix}-{digest}"
 
 
 def _mean_over_ranks(value: float) -> float:
@@ -195,32 +174,8 @@ def run_training(config, loop: Callable[[dict], None], load_data: Callable[[Stor
     assert result.checkpoint is not None  # the loop reports one at its last step
     with result.checkpoint.as_directory() as folder:
         progress = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)["progress"]
-    return _write_manifest(storage, config, name, progress, info, rejects, list(extra_files),
+    return write_training_manifest(storage, config, name, progress, info, rejects, list(extra_files),
                            time.perf_counter() - started, result.metrics or {})
-
-
-def _write_manifest(storage, config, name, progress, info, rejects, extra_files, seconds, last_metrics) -> dict:
-    from xdr.io.manifest import code_version
-
-    data_files = []
-    for source in config.train + config.validation:
-        # what the loaders read: an XQuAD folder's JSON files (not its README or licence), else the pattern's files
-        files = (storage.list_files(source.path, suffix=".json") if source.kind == "xquad"
-                 else storage.expand(source.path))
-        data_files += [vars(storage.record(f)) for f in files]
-    for pattern in extra_files:
-        data_files += [vars(storage.record(f)) for f in storage.expand(pattern)]
-    manifest = {
-        "status": "complete", "run_name": name, "config": config.model_dump(mode="json"),
-        "code_version": code_version(), "model_folder": join(config.output, "model"),
-        "steps": progress["step"], "best_step": info["step"], "best_val_loss": info["val_loss"],
-        "parameters": info.get("parameters"), "trainable_parameters": info.get("trainable_parameters"),
-        "val_losses": progress["val_losses"], "resumed_at": progress["resumed_at"], "rejects": len(rejects),
-        "reject_examples": [vars(r) for r in rejects[:20]], "data_files": data_files, "seconds": round(seconds, 1),
-        "examples_per_s": last_metrics.get("examples_per_s"),  # of the last attempt, start-up excluded
-    }
-    storage.write_bytes(join(config.output, "manifest.json"), json.dumps(manifest, indent=2).encode())
-    return manifest
 
 
 def format_summary(manifest: dict, use_it: str) -> str:

@@ -32,10 +32,11 @@ def model_cache(tmp_path_factory) -> Path:
 def ray_local(s3_server):
     """Started after the S3 server, so its workers inherit the AWS settings like a configured node."""
     ray = pytest.importorskip("ray")
+    from ray_jobs.common import start_local_ray
     from ray_jobs.serve_proxy import configure_ingress
 
     configure_ingress("proxy")  # Serve's Python proxy, with xdr's 503 for a request whose replica died
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(2)
     yield ray
     ray.shutdown()
 

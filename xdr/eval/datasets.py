@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,14 @@ class XquadDataset:
     questions: dict[str, list[Question]]
 
 
+def xquad_paragraphs(data: list[dict]) -> Iterator[tuple[int, str, str, list[dict]]]:
+    """(article number from 1, title, context, questions) per paragraph of an XQuAD file's `data`, in file
+    order: the one reader of the format, for evaluation and for training."""
+    for number, article in enumerate(data, start=1):
+        for para in article["paragraphs"]:
+            yield number, article.get("title", ""), para["context"], para["qas"]
+
+
 def load_xquad(folder: str | Path, languages: tuple[str, ...] = XQUAD_LANGUAGES) -> XquadDataset:
     folder = Path(folder)
     paragraphs: dict[str, list[str]] = {}
@@ -112,13 +121,12 @@ def load_xquad(folder: str | Path, languages: tuple[str, ...] = XQUAD_LANGUAGES)
         data = json.loads((folder / f"xquad.{lang}.json").read_text(encoding="utf-8"))["data"]
         paragraphs[lang], questions[lang] = [], []
         lang_titles = []
-        for article in data:
-            for para in article["paragraphs"]:
-                p = len(paragraphs[lang])
-                paragraphs[lang].append(para["context"])
-                lang_titles.append(article["title"])
-                questions[lang].extend(Question(qa["id"], lang, qa["question"], p,
-                                                tuple(a["text"] for a in qa["answers"])) for qa in para["qas"])
+        for _, title, context, qas in xquad_paragraphs(data):
+            p = len(paragraphs[lang])
+            paragraphs[lang].append(context)
+            lang_titles.append(title)
+            questions[lang].extend(Question(qa["id"], lang, qa["question"], p, tuple(a["text"] for a in qa["answers"]))
+                                   for qa in qas)
         titles = titles or lang_titles
     counts = {lang: len(p) for lang, p in paragraphs.items()}
     if len(set(counts.values())) != 1:

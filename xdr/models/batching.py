@@ -61,18 +61,3 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 
 def chunks(n_items: int, chunk_size: int) -> list[range]:
     return [range(i, min(i + chunk_size, n_items)) for i in range(0, n_items, chunk_size)]
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` = bfloat16 on a GPU that supports it, float16 on an older GPU, float32 on CPU."""
-    if name != "auto":
-        return getattr(torch, name)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32

@@ -14,7 +14,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from xdr.config import EncoderConfig
-from xdr.models.batching import chunks, length_sorted_batches, pad_batch, pick_device, pick_dtype, prefetch
+from xdr.models.batching import chunks, length_sorted_batches, pad_batch, prefetch
+from xdr.models.devices import pick_device, pick_dtype
 from xdr.models.references import ModelKind, model_kind
 
 POOLINGS = ("cls", "mean")

@@ -16,7 +16,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
 
 from xdr.config import GeneratorConfig
 from xdr.languages import language_name
-from xdr.models.batching import chunks, length_sorted_batches, pad_batch, pick_device, pick_dtype, prefetch
+from xdr.models.batching import chunks, length_sorted_batches, pad_batch, prefetch
+from xdr.models.devices import pick_device, pick_dtype
 from xdr.models.references import ModelKind, model_kind
 
 _MASK31 = (1 << 31) - 1

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+from xdr.eval.datasets import xquad_paragraphs
 
 if TYPE_CHECKING:  # type hints only: the GPU benchmark imports this module where pyarrow may be missing
     from xdr.io.storage import Storage
+
+Row = TypeVar("Row")
 
 
 @dataclass(frozen=True)
@@ -72,45 +77,49 @@ def _passage(obj, where: str) -> Passage:
     return Passage(title, obj["text"])
 
 
-def json_lines(storage: Storage, uri: str):
-    """(line number, object or None, error) per non-blank line."""
-    for line_no, raw in enumerate(storage.read_bytes(uri).splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
-            yield line_no, obj, None
-        except (UnicodeDecodeError, ValueError, RecursionError) as err:
-            yield line_no, None, f"invalid JSON: {err}"[:200]
+def parse_json_lines(storage: Storage, uris: list[str], rejects: list[TrainReject],
+                     parse: Callable[[dict], Row]) -> list[Row]:
+    """parse(object) for every JSON-object line of `uris`, in order; a line that is no JSON object, or that
+    `parse` refuses with a ValueError, becomes a TrainReject (file, line, reason) instead."""
+    parsed = []
+    for uri in uris:
+        for line_no, raw in enumerate(storage.read_bytes(uri).splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError too
+                    raise ValueError(f"invalid JSON: {err}"[:200]) from None
+                if not isinstance(obj, dict):
+                    raise ValueError("invalid JSON: not a JSON object")
+                parsed.append(parse(obj))
+            except ValueError as err:
+                rejects.append(TrainReject(uri, line_no, str(err)))
+    return parsed
+
+
+def _triplets_of(obj: dict) -> list[Triplet]:
+    query = obj.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("missing query")
+    positives = obj.get("positive_passages")
+    if not isinstance(positives, list) or not positives:
+        raise ValueError("no positive_passages")
+    negatives = obj.get("negative_passages") or []
+    if not isinstance(negatives, list):
+        raise ValueError("negative_passages is not a list")
+    negs = tuple(_passage(n, "a negative passage") for n in negatives)
+    return [Triplet(query, _passage(p, "a positive passage"), negs,
+                    str(obj.get("query_lang") or obj.get("lang") or ""), str(obj.get("passage_lang") or ""))
+            for p in positives]
 
 
 def load_triplets(storage: Storage, uris: list[str]) -> tuple[list[Triplet], list[TrainReject]]:
     """Tevatron-style JSON lines: every positive of a row becomes a triplet with the row's negatives."""
-    triplets, rejects = [], []
-    for uri in uris:
-        for line, obj, error in json_lines(storage, uri):
-            try:
-                if error:
-                    raise ValueError(error)
-                query = obj.get("query")
-                if not isinstance(query, str) or not query.strip():
-                    raise ValueError("missing query")
-                positives = obj.get("positive_passages")
-                if not isinstance(positives, list) or not positives:
-                    raise ValueError("no positive_passages")
-                negatives = obj.get("negative_passages") or []
-                if not isinstance(negatives, list):
-                    raise ValueError("negative_passages is not a list")
-                negs = tuple(_passage(n, "a negative passage") for n in negatives)
-                for p in positives:
-                    triplets.append(Triplet(query, _passage(p, "a positive passage"), negs,
-                                            str(obj.get("query_lang") or obj.get("lang") or ""),
-                                            str(obj.get("passage_lang") or "")))
-            except ValueError as err:
-                rejects.append(TrainReject(uri, line, str(err)))
-    return triplets, rejects
+    rejects: list[TrainReject] = []
+    rows = parse_json_lines(storage, uris, rejects, _triplets_of)
+    return [t for row in rows for t in row], rejects
 
 
 def _complete(items: dict[str, ParallelItem], languages: set[str], source: str,
@@ -145,15 +154,14 @@ def load_xquad(storage: Storage, folder: str, *, languages: tuple[str, ...] | No
     rejects: list[TrainReject] = []
     for lang, uri in sorted(by_lang.items()):
         data = json.loads(storage.read_bytes(uri))["data"]
-        for number, article in enumerate(data, start=1):
+        for number, title, context, qas in xquad_paragraphs(data):
             if articles is not None and number not in articles:
                 continue
-            for para in article["paragraphs"]:
-                passage = Passage(article.get("title", ""), para["context"])
-                for qa in para["qas"]:
-                    item = items.setdefault(qa["id"], ParallelItem(qa["id"], f"article-{number}"))
-                    item.question[lang] = qa["question"]
-                    item.passage[lang] = passage
+            passage = Passage(title, context)
+            for qa in qas:
+                item = items.setdefault(qa["id"], ParallelItem(qa["id"], f"article-{number}"))
+                item.question[lang] = qa["question"]
+                item.passage[lang] = passage
     return _complete(items, set(by_lang), folder, rejects), rejects
 
 
@@ -162,22 +170,19 @@ def load_parallel_jsonl(storage: Storage, uris: list[str]) -> tuple[ParallelSet,
     items: dict[str, ParallelItem] = {}
     rejects: list[TrainReject] = []
     languages: set[str] = set()
-    for uri in uris:
-        for line, obj, error in json_lines(storage, uri):
-            try:
-                if error:
-                    raise ValueError(error)
-                for key in ("id", "lang", "question", "passage"):
-                    if not isinstance(obj.get(key), str) or not obj[key].strip():
-                        raise ValueError(f"missing {key}")
-                item = items.setdefault(obj["id"], ParallelItem(obj["id"], str(obj.get("group") or obj["id"])))
-                if obj["lang"] in item.question:
-                    raise ValueError(f"duplicate ({obj['id']}, {obj['lang']})")
-                item.question[obj["lang"]] = obj["question"]
-                item.passage[obj["lang"]] = Passage(str(obj.get("title") or ""), obj["passage"])
-                languages.add(obj["lang"])
-            except ValueError as err:
-                rejects.append(TrainReject(uri, line, str(err)))
+
+    def add(obj: dict) -> None:
+        for key in ("id", "lang", "question", "passage"):
+            if not isinstance(obj.get(key), str) or not obj[key].strip():
+                raise ValueError(f"missing {key}")
+        item = items.setdefault(obj["id"], ParallelItem(obj["id"], str(obj.get("group") or obj["id"])))
+        if obj["lang"] in item.question:
+            raise ValueError(f"duplicate ({obj['id']}, {obj['lang']})")
+        item.question[obj["lang"]] = obj["question"]
+        item.passage[obj["lang"]] = Passage(str(obj.get("title") or ""), obj["passage"])
+        languages.add(obj["lang"])
+
+    parse_json_lines(storage, uris, rejects, add)
     if not items:
         raise ValueError(f"no usable rows in {uris}: {[r.reason for r in rejects[:5]]}")
     return _complete(items, languages, ",".join(uris), rejects), rejects

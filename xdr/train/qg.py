@@ -21,7 +21,7 @@ from torch import nn
 from xdr.languages import language_name
 from xdr.models.generator import build_prompt
 from xdr.train.adapters import merged, parameter_counts, with_lora
-from xdr.train.data import Passage, TrainReject, Triplet, json_lines
+from xdr.train.data import Passage, TrainReject, Triplet, parse_json_lines
 from xdr.train.loop import apply_gradients
 from xdr.train.samplers import EpochSampler, seeded_rng
 
@@ -67,25 +67,24 @@ def qg_from_triplets(triplets: list[Triplet], source: str) -> tuple[list[QGExamp
     return examples, rejects
 
 
+def _qg_example(obj: dict) -> QGExample:
+    text = obj.get("text", obj.get("passage"))
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("missing text")
+    for key in ("question", "lang"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            raise ValueError(f"missing {key}")
+    language_name(obj["lang"])  # the prompt names the language: an unknown code is an error
+    title = obj.get("title") or ""
+    if not isinstance(title, str):
+        raise ValueError("title is not a string")
+    return QGExample(Passage(title, text), obj["lang"], obj["question"])
+
+
 def load_qg_jsonl(storage: Storage, uris: list[str]) -> tuple[list[QGExample], list[TrainReject]]:
     """Rows `{"text", "question", "lang", "title"?}` (`passage` is taken for `text`): one example each."""
-    examples, rejects = [], []
-    for uri in uris:
-        for line, obj, error in json_lines(storage, uri):
-            try:
-                if error:
-                    raise ValueError(error)
-                text = obj.get("text", obj.get("passage"))
-                for key, value in (("text", text), ("question", obj.get("question")), ("lang", obj.get("lang"))):
-                    if not isinstance(value, str) or not value.strip():
-                        raise ValueError(f"missing {key}")
-                language_name(obj["lang"])  # the prompt names the language: an unknown code is an error
-                title = obj.get("title") or ""
-                if not isinstance(title, str):
-                    raise ValueError("title is not a string")
-                examples.append(QGExample(Passage(title, text), obj["lang"], obj["question"]))
-            except ValueError as err:
-                rejects.append(TrainReject(uri, line, str(err)))
+    rejects: list[TrainReject] = []
+    examples = parse_json_lines(storage, uris, rejects, _qg_example)
     if not examples:
         raise ValueError(f"no usable rows in {uris}: {[r.reason for r in rejects[:5]]}")
     return examples, rejects
