@@ -243,26 +243,104 @@ def fail(err: Exception, log_file: Path | None) -> None:
             traceback.print_exception(err, file=out)
     else:
         traceback.print_exception(err)
+    where = f"(full traceback in {log_file or 'the output above'})"
+    if _node_died.is_set():  # the watch said it already
+        print(where, file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     cause = root_cause(err)
     if ray_is_down():
-        cause = f"the Ray node under this job died ({cause}); start Ray again (or let a local one start) and " \
-                f"{RESUME_HINT}"
-    print(f"error: {cause}\n(full traceback in {log_file or 'the output above'})", file=sys.stderr, flush=True)
+        cause = f"{NODE_DIED} ({cause})"
+    print(f"error: {cause}\n{where}", file=sys.stderr, flush=True)
     raise SystemExit(1) from None
 
 
 RESUME_HINT = "rerun the same command to resume"
+NODE_DIED = f"the Ray node under this job died; start Ray again (or let a local one start) and {RESUME_HINT}"
+_node_died = threading.Event()
+
+
+# A process that outlives the driver: it reads until the driver's end of the pipe closes. The driver writes
+# "done" when it ends by its own code; anything else (Ray's core worker ending it from C++) with the node's
+# raylet gone means the node died under the job, and this process says so on the job's stderr.
+_LAST_WORD = """
+import os, sys
+said = sys.stdin.buffer.read()
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+if said != b"done" and not alive(int(sys.argv[1])):
+    print("error: " + sys.argv[2], file=sys.stderr, flush=True)
+"""
+
+
+class LocalNodeWatch:
+    """Watches the raylet of the local Ray this driver started. When that node dies (its raylet, or an agent
+    the raylet shares its fate with, was killed), Ray's core worker ends the driver from C++ within a second,
+    with exit status 1 and no message. A thread notices when it can, says why and stops the job's main thread;
+    when the core worker is faster, a small process that outlives the driver says it instead."""
+
+    def __init__(self, interval_s: float = 0.1):
+        import subprocess
+
+        from ray._private import ray_constants, worker
+
+        node = worker._global_node
+        started = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) if node else None
+        self.raylet = started[0].process if started else None
+        self.interval_s, self._stop = interval_s, threading.Event()
+        self.last_word = None
+        if self.raylet is not None:
+            self.last_word = subprocess.Popen([sys.executable, "-c", _LAST_WORD, str(self.raylet.pid), NODE_DIED],
+                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            threading.Thread(target=self._watch, args=(self.raylet,), daemon=True, name="xdr-node-watch").start()
+
+    def _watch(self, raylet) -> None:
+        import _thread
+
+        while not self._stop.wait(self.interval_s):
+            if raylet.poll() is not None:
+                _node_died.set()
+                self._say_done()
+                print(f"error: {NODE_DIED} (its raylet exited)", file=sys.stderr, flush=True)
+                _thread.interrupt_main()
+                return
+
+    def _say_done(self) -> None:
+        if self.last_word is not None and self.last_word.stdin and not self.last_word.stdin.closed:
+            try:
+                self.last_word.stdin.write(b"done")
+                self.last_word.stdin.close()
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._say_done()
+        if self.last_word is not None:
+            self.last_word.wait(timeout=5)
 
 
 def ray_is_down() -> bool:
-    """True when this driver was connected to Ray and the cluster no longer answers (its node died)."""
+    """True when this driver was connected to Ray and its node died (or the cluster no longer answers)."""
     if not ray.is_initialized():
         return False
-    answer: list[bool] = []
-    probe = threading.Thread(target=lambda: answer.append(bool(ray.nodes())), daemon=True)
+    alive: list[bool] = []
+
+    def ask() -> None:
+        own = ray.get_runtime_context().get_node_id()
+        alive.append(any(n["NodeID"] == own and n["Alive"] for n in ray.nodes()))
+
+    probe = threading.Thread(target=ask, daemon=True)
     probe.start()
     probe.join(timeout=10)
-    return not answer
+    return not (alive and alive[0])
 
 
 @contextmanager
@@ -276,18 +354,24 @@ def job_session(command: str, *, verbose: bool = False, address: str | None = No
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.getsignal(signal.SIGTERM) if on_main_thread else None
     ours = not ray.is_initialized()
+    watch = None
     try:
         if uses_ray:
             connect_ray(address, log_file=log_file, **init_options)
+            watch = LocalNodeWatch() if ours and on_main_thread else None
         if on_main_thread:
             stop_on_sigterm()
         yield log_file
     except KeyboardInterrupt as stop:
+        if _node_died.is_set():  # said by the watch
+            raise SystemExit(1) from None
         print(f"stopped ({stopped_by(stop)}); {stop_hint}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     except Exception as err:  # noqa: BLE001 -- every failure is reported the same way
         fail(err, log_file)
     finally:
+        if watch is not None:
+            watch.stop()
         if ours and ray.is_initialized():
             ray.shutdown()  # a local Ray this driver started stops with it; a cluster is only left
         if previous_handler is not None:

@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,10 +298,10 @@ def test_xdr_serve_on_haproxy_loses_at_most_a_request_or_two_when_a_router_repli
     failures in ~5,000 requests (a 500 from HAProxy's own error page, or a connection it closed while
     reloading its configuration for the replacement); with Ray's own retry policy, 15 in 9,130."""
     from ray_jobs.common import free_port as port_for
+    from tests.support.paths import REPO as repo
 
     _, config, _, _ = endpoint
     port, out = port_for(), tmp_path / "serve.out"
-    repo = Path(__file__).resolve().parent.parent
     with open(out, "w") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.cli", "serve", f"--index={config.index}",
                                  f"--port={port}", f"--cache_dir={tmp_path / 'cache'}",

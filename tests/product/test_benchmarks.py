@@ -142,7 +142,7 @@ def test_token_f1_is_squad_style_overlap():
 def test_serve_benchmark_runs_every_default_path_side_by_side_in_tiny_mode(tmp_path):
     """bench_serve.py --tiny: the demo index built, then the library, the uvicorn app, Serve's floor and
     `xdr serve` under wrk, on the haproxy ingress (`xdr serve`'s default; Serve's defaults are what
-    tests/test_serve.py runs). Every HTTP path answers every question as the library does, without an error,
+    tests/jobs/test_serve.py runs). Every HTTP path answers every question as the library does, without an error,
     and the ratio table is there."""
     out = tmp_path / "serve.json"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"), "--tiny", "--work",

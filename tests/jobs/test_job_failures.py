@@ -190,3 +190,34 @@ def test_waiting_on_tasks_that_make_no_progress_says_so_on_the_driver(ray_local,
         assert [ray.get(ref) for ref in as_finished([slow], "add", stall_s=0.4)] == [7]
     said = [r.getMessage() for r in caplog.records if "no progress" in r.getMessage()]
     assert said and said[0].startswith("[add] no progress for") and "workers' logs: " in said[0], said
+
+
+@pytest.mark.slow
+def test_when_the_ray_node_dies_under_a_job_the_driver_says_so_in_one_line(tmp_path, tiny_models):
+    """kill -9 of the node's dashboard agent takes a local Ray node down (its raylet follows); the driver
+    must not die silently or with a bare actor error: one line says the node died and that a rerun resumes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_jobs.index_corpus", f"--corpus.path={_corpus(tmp_path / 'c.jsonl', 3000)}",
+         f"--output={tmp_path / 'out'}", f"--generator.model={tiny_models['generator']}",
+         f"--encoder.model={tiny_models['encoder']}", "--generator.max_new_tokens=24",
+         "--corpus.passages_per_part=50", "--resources.gpus_per_actor=0", "--resources.cpus_per_actor=0.5",
+         "--resources.generator_actors=[1,1]", "--resources.encoder_actors=[1,1]"],
+        cwd=REPO, env=JOB_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "out" / "queries").glob("part-*.parquet")):  # mid-run: the pipeline works
+            assert proc.poll() is None and time.monotonic() < deadline, "the job never started its pipeline"
+            time.sleep(0.2)
+        agents = [p for p in session_processes(proc.pid) if p.cmdline()[:1] == ["ray::DashboardAgent"]]
+        assert agents, [p.cmdline()[:2] for p in session_processes(proc.pid)]
+        agents[0].send_signal(signal.SIGKILL)
+        proc.wait(timeout=120)
+        said = proc.stderr.read()
+        lines = [line for line in said.splitlines() if line.startswith("error: ")]
+        assert proc.returncode == 1 and len(lines) == 1, said[-3000:]
+        assert "the Ray node under this job died" in lines[0] and "rerun the same command to resume" in lines[0]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

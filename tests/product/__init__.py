@@ -1,0 +1,1 @@
+"""What a user meets: the README's commands, the docs, the cluster configs, the benchmarks in tiny mode."""
