@@ -18,7 +18,7 @@ def test_yaml_and_cli_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("output: out\ncorpus: {path: c.jsonl}\ngenerator: {queries_per_language: 3}\n")
     _, cfg = parse_job_args("t", ["--config", str(path), "--generator.languages=[fi, te]", "--fusion.alpha", "0.2",
-                                  "--set", "embedding_dtype=float16"])
+                                  "--set", "embedding_dtype=float16"], IndexingJobConfig)
     assert cfg.generator.queries_per_language == 3
     assert cfg.generator.languages == ["fi", "te"] and cfg.fusion.alpha == 0.2
     assert cfg.embedding_dtype == "float16"
