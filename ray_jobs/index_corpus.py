@@ -33,7 +33,7 @@ from xdr.progress import Progress, StallWatch
 log = logging.getLogger("xdr.index")
 
 
-def _check_queries_source(storage: Storage, config: IndexingJobConfig, parts: int) -> None:
+def check_queries_source(storage: Storage, config: IndexingJobConfig, parts: int) -> None:
     """queries_from must hold a queries part for every part of this run."""
     assert config.queries_from is not None
     source = RunLayout(config.queries_from)
@@ -77,7 +77,7 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
     log.info("corpus: %d rows read, %d passages in %d parts, %d rejected %s (%.1fs)", prepared.rows_read,
              prepared.passages, len(prepared.parts), prepared.rejects, dict(prepared.reject_reasons), prepare_s)
     if config.queries_from:
-        _check_queries_source(storage, config, len(prepared.parts))
+        check_queries_source(storage, config, len(prepared.parts))
 
     passages_in = {p.part: p.passages for p in prepared.parts}
     progress = Progress("embed", prepared.passages, len(prepared.parts), every_s=progress_every_s, emit=log.info,

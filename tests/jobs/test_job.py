@@ -121,9 +121,9 @@ def test_rerun_with_other_settings_is_refused_before_any_work(tiny_models, tmp_p
 
 
 def test_queries_from_must_be_a_finished_run(tiny_models, tmp_path):
-    from ray_jobs.index_corpus import _check_queries_source
+    from ray_jobs.index_corpus import check_queries_source
     from xdr.io.storage import Storage
 
     config = make_config(tiny_models, tmp_path / "c.jsonl", tmp_path / "run", queries_from=str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="has no manifest.json"):
-        _check_queries_source(Storage(), config, 3)
+        check_queries_source(Storage(), config, 3)

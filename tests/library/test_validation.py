@@ -14,7 +14,7 @@ import pytest
 from ray_jobs.tasks import RayTasks
 from tests.support.reference_validation import single_reader_parts
 from xdr.config import CorpusConfig
-from xdr.ingest.corpus import _lines, _LinesInRange
+from xdr.ingest.corpus import LinesInRange, split_lines
 from xdr.ingest.validation import plan_units, validate_corpus
 from xdr.io.storage import Storage
 
@@ -147,11 +147,11 @@ def test_byte_ranges_cut_anywhere_give_every_line_to_exactly_one_range(tmp_path)
     data = b"\n".join(lines) + rng.choice([b"", b"\n"])
     path = tmp_path / "f.txt"
     path.write_bytes(data)
-    whole = list(_lines(io.BytesIO(data), max_line_bytes=1 << 20))
+    whole = list(split_lines(io.BytesIO(data), max_line_bytes=1 << 20))
     for _ in range(40):
         cuts = sorted({0, len(data), *rng.sample(range(1, len(data)), rng.randint(1, 30))})
         got = []
         for start, end in zip(cuts, cuts[1:]):
             with open(path, "rb") as f:
-                got += list(_lines(_LinesInRange(f, start, end), max_line_bytes=1 << 20))
+                got += list(split_lines(LinesInRange(f, start, end), max_line_bytes=1 << 20))
         assert got == whole, cuts

@@ -68,7 +68,7 @@ class _OverlongLine:
     length: int
 
 
-def _lines(stream, *, max_line_bytes: int, chunk_bytes: int = 1 << 20) -> Iterator[bytes | _OverlongLine]:
+def split_lines(stream, *, max_line_bytes: int, chunk_bytes: int = 1 << 20) -> Iterator[bytes | _OverlongLine]:
     """Lines of a byte stream without their line endings (LF or CRLF). Memory is bounded by the limit: a
     longer line (a gzip bomb, a file without newlines) comes back as an _OverlongLine."""
     pending = bytearray()
@@ -110,7 +110,7 @@ def _excerpt(text: str | bytes) -> str:
     return text[:EXCERPT_CHARS].encode("utf-8", errors="replace").decode("utf-8")  # surrogates made writable
 
 
-class _LinesInRange:
+class LinesInRange:
     """A byte stream of the lines that start in [start, end) of a seekable file. The line in progress at
     `start` belongs to the range before; the last line is read on past `end` to its newline. So ranges
     cut anywhere give every line to exactly one range, and memory stays bounded by the read size."""
@@ -168,7 +168,7 @@ def _open_lines(storage: Storage, uri: str, start: int, end: int | None):
             yield stream
     else:
         with fs.open_input_file(path) as file:
-            yield _LinesInRange(file, start, end)
+            yield LinesInRange(file, start, end)
 
 
 def _text_rows(storage: Storage, uri: str, parse, max_line_bytes: int, start: int = 0, end: int | None = None,
@@ -179,7 +179,7 @@ def _text_rows(storage: Storage, uri: str, parse, max_line_bytes: int, start: in
     line_no = 0
     try:
         with _open_lines(storage, uri, start, end) as stream:
-            for line_no, raw in enumerate(_lines(stream, max_line_bytes=max_line_bytes), start=1):
+            for line_no, raw in enumerate(split_lines(stream, max_line_bytes=max_line_bytes), start=1):
                 count.lines = line_no
                 if isinstance(raw, _OverlongLine):
                     yield RawRow(uri, line_no, None, reject_reason(
@@ -213,7 +213,7 @@ def _tsv_header(values: list[str]) -> tuple[str, ...] | None:
 def _tsv_file_columns(storage: Storage, uri: str, max_line_bytes: int) -> tuple[str, ...]:
     """The columns a file's header line names (for ranges that start after it), else the default."""
     with _open_lines(storage, uri, 0, None) as stream:
-        first = next(_lines(stream, max_line_bytes=max_line_bytes), b"")
+        first = next(split_lines(stream, max_line_bytes=max_line_bytes), b"")
     if isinstance(first, _OverlongLine):
         return TSV_COLUMNS
     try:
