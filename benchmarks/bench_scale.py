@@ -1,7 +1,7 @@
 """The whole path at corpus scale on one machine, with benchmark stand-ins for the models.
 
     python benchmarks/bench_scale.py --sizes 1000000 4500000 18000000 --resume-at 18000000 \\
-        --workdir /tmp/xdr-scale --json docs/bench-scale-2026-11-30.json
+        --workdir /tmp/xdr-scale --json docs/results/data/bench-scale-2026-11-30.json
     python benchmarks/bench_scale.py --tiny      # a minute: what the test suite runs
 
 For each size N: a synthetic corpus as a user brings it (benchmarks/synthetic_corpus.py: 32 files, half

@@ -1,7 +1,7 @@
 """Corpus validation on Ray: rows/s with 1 and 2 CPUs, and the peak memory of each kind of process, at
 two corpus sizes (is the memory per task flat as the corpus grows?).
 
-    python benchmarks/bench_validation.py --sizes 1000000 4000000 --json docs/bench-validation.json
+    python benchmarks/bench_validation.py --sizes 1000000 4000000 --json docs/results/data/bench-validation.json
     python benchmarks/bench_validation.py --tiny            # seconds: what the test suite runs
 
 Each size: a synthetic corpus (benchmarks/synthetic_corpus.py: half gzip JSON lines, half plain TSV) is

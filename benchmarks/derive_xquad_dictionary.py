@@ -2,7 +2,8 @@
 precision measured (issue 9: no published dictionary is at hand offline, and none may be invented).
 
     pip install -e .[experiments]       # eflomal, the aligner
-    python benchmarks/derive_xquad_dictionary.py --out exp-output/dictionaries --json docs/eval/xquad-dictionary.json
+    python benchmarks/derive_xquad_dictionary.py --out exp-output/dictionaries \
+        --json docs/results/data/eval/xquad-dictionary.json
     python benchmarks/derive_xquad_dictionary.py --languages en de --out /tmp/dicts   # seconds: what the tests run
 
 Method: for every ordered pair of XQuAD's space-delimited languages (ar de el en es hi ro ru tr vi; zh and th

@@ -2,7 +2,8 @@
 train-generator job on XQuAD, its queries compared with the human questions of articles it never saw.
 
     pip install -e .[experiments]       # sacrebleu (chrF)
-    python benchmarks/exp_qg_xquad.py --json docs/eval/qg-xquad.json --md docs/eval/qg-xquad.md
+    python benchmarks/exp_qg_xquad.py --json docs/results/data/eval/qg-xquad.json \
+        --md docs/results/data/eval/qg-xquad.md
     python benchmarks/exp_qg_xquad.py --tiny --out /tmp/qg       # a minute: every step on a few articles (tests)
 
 Model: mT5 architecture, random weights (d_model 128, 2 + 2 layers), its Unigram tokenizer trained on the

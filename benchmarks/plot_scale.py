@@ -1,9 +1,10 @@
 """Plot bench_scale.py's JSON: each stage's time per 1,000 passages and each process kind's peak memory
 against the corpus size (flat lines = linear cost and bounded memory).
 
-    python benchmarks/plot_scale.py docs/bench-scale-2026-11-30.json docs/bench-scale-2026-11-30.png
+    python benchmarks/plot_scale.py docs/results/data/bench-scale-2026-11-30.json \
+        docs/results/data/bench-scale-2026-11-30.png
 
-It also prints the tables of docs/BENCHMARKS.md (Markdown).
+It also prints the tables of docs/results/benchmarks.md (Markdown).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Sizing a run: what the non-model work costs per passage at the paper's recipe, and what 18M, 100M and
 1B passages need, from bench_scale.py's measurements and the GPU stages' predicted rates.
 
-    python benchmarks/sizing.py --scale docs/bench-scale-2026-11-30.json --json docs/sizing-2026-11-30.json
+    python benchmarks/sizing.py --scale docs/results/data/bench-scale-2026-11-30.json \
+        --json docs/results/data/sizing-2026-11-30.json
 
 1. Measured here, in this process, on one part of 10,000 synthetic passages: the generation and embedding
    stages' `run_part` at the paper's recipe (7 languages x 5 queries = 35 queries a passage) with the
@@ -9,7 +10,7 @@
    cost (Parquet reads and writes, query rows, fusion).
 2. From the scale run (largest size): validation CPU seconds per passage (the validation tasks' measured
    CPU time), index-build CPU seconds per passage, bytes per passage of every output.
-3. GPU rates: the predictions in docs/BENCHMARKS.md (bench_gpu.py, not yet measured on a GPU): mT5-base
+3. GPU rates: the predictions in docs/results/benchmarks.md (bench_gpu.py, not yet measured on a GPU): mT5-base
    generation 400 passages/s (x 35 queries) and mBERT encoding 15,000 passages/s and 50,000 queries/s per
    H100. Everything derived from them is a prediction.
 """
@@ -27,7 +28,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-GPU_GENERATE_PASSAGES_PER_S = 400  # per GPU, all 35 queries of a passage (prediction, docs/BENCHMARKS.md)
+GPU_GENERATE_PASSAGES_PER_S = 400  # per GPU, all 35 queries of a passage (prediction, docs/results/benchmarks.md)
 GPU_ENCODE_PASSAGES_PER_S = 15_000
 GPU_ENCODE_QUERIES_PER_S = 50_000
 GPUS, CPUS_PER_GPU_NODE, GPUS_PER_NODE = 8, 96, 8  # one 8-GPU node (p4d/p5-like: 96 vCPUs)

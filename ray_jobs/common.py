@@ -95,7 +95,23 @@ def quiet_ray_logs(log_file: Path) -> dict:
             if handler not in logger.handlers:
                 logger.addHandler(handler)
     ray.data.DataContext.get_current().enable_progress_bars = False  # xdr prints its own progress
+    _cluster_messages_to(log_file)
     return {"log_to_driver": False, "logging_level": logging.INFO}
+
+
+def _cluster_messages_to(log_file: Path) -> None:
+    """Ray prints the cluster's messages to the driver (a task retried, an actor killed while Serve shuts
+    down) on its stdout, prefixed "(raylet)", whatever `log_to_driver` says: its error listener calls
+    `ray._private.worker.print_to_stdstream`. A quiet run writes them to its log file instead. (No public
+    setting does this; if Ray renames the function, the lines show again and nothing breaks.)"""
+    from ray._private import worker
+
+    def to_log_file(data: dict, ignore_prefix: bool = False) -> None:
+        with open(log_file, "a", encoding="utf-8") as out:
+            out.writelines(f"({data.get('pid')}) {line}\n" for line in data.get("lines", []))
+
+    if hasattr(worker, "print_to_stdstream"):
+        worker.print_to_stdstream = to_log_file
 
 
 def ray_log_note(log_file: Path | None) -> str:

@@ -3,7 +3,7 @@
 `Router` is the FastAPI ingress: it validates, sheds load, batches the questions that arrive together
 (@serve.batch), encodes them and searches. Where the shards are searched depends on the index:
 - in the Router's own process (`InRouterShards`) when the index fits a replica (`shard_placement`): one
-  Serve hop per request, the layout that costs least (docs/BENCHMARKS.md, "The endpoint's cost");
+  Serve hop per request, the layout that costs least (docs/results/benchmarks.md, "The endpoint's cost");
 - else in one `IndexShard` deployment per shard (`ShardDeployments`), called in parallel, their top-k
   merged (xdr.index.search.merge_topk): the layout for indexes spread over nodes.
 The encoder runs in the Router, or in its own `QueryEncoder` deployment (`separate_encoder`, for GPU
@@ -216,7 +216,7 @@ class Router:
     async def _find(self, texts: list[str], k: int, nprobe: int | None, columns: tuple[str, ...]) -> Found:
         """Encode and search. What runs in this process runs on the event loop, not in a worker thread: one
         batch runs at a time anyway, and the hand-over to a thread and back cost more than the search
-        itself (docs/BENCHMARKS.md, "The endpoint's cost")."""
+        itself (docs/results/benchmarks.md, "The endpoint's cost")."""
         if self.encoder is not None:
             query_emb = self.encoder.encode_queries(texts)
         else:

@@ -1,7 +1,7 @@
 """Configuration of the indexing job: one pydantic model per stage, loadable from YAML.
 
 Defaults are the xQG paper's settings (docs/METHOD.md section 1). Every field carries a description;
-`xdr config-reference` prints them as the reference table in the README.
+`xdr config-reference` prints them as the reference tables of docs/configuration.md.
 """
 
 from __future__ import annotations

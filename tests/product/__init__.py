@@ -1,1 +1,2 @@
-"""What a user meets: the README's commands, the docs, the cluster configs, the benchmarks in tiny mode."""
+"""What a user meets: the demo and the docs' commands, the docs' links, the cluster configs, the benchmarks
+in tiny mode."""

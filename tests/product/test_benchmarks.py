@@ -63,8 +63,8 @@ def test_scale_benchmark_runs_the_whole_path_in_tiny_mode(tmp_path):
 
 
 def test_plot_and_sizing_scripts_run_on_the_recorded_scale_json(tmp_path):
-    """The commands docs/BENCHMARKS.md gives after a scale run, on its recorded JSON."""
-    scale = REPO / "docs" / "bench-scale-2026-11-30.json"
+    """The commands docs/results/benchmarks.md gives after a scale run, on its recorded JSON."""
+    scale = REPO / "docs" / "results" / "data" / "bench-scale-2026-11-30.json"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "plot_scale.py"), str(scale),
                            str(tmp_path / "scale.png")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -163,7 +163,7 @@ def test_serve_benchmark_runs_every_default_path_side_by_side_in_tiny_mode(tmp_p
 
 @pytest.mark.slow
 def test_serve_profile_runs_on_the_demo_index(tmp_path):
-    """profile_serve.py as docs/BENCHMARKS.md gives it, at one client for 2 s: the Router's CPU per request
+    """profile_serve.py as docs/results/benchmarks.md gives it, at one client for 2 s: the Router's CPU per request
     is counted and its py-spy samples are sorted, encoding among them."""
     build = ("import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); import bench_serve; "
              f"print(bench_serve.demo_index(Path({str(tmp_path / 'work')!r})))")

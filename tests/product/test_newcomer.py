@@ -1,5 +1,6 @@
-"""A newcomer's path, as the README writes it: the demo, then the README's build, serve and search commands,
-run word for word (from the README itself) in a fresh folder, each in its own process with its own Ray."""
+"""A newcomer's path, as the docs write it: the demo, then the serving guide's build, serve and search
+commands, run word for word (from the guide itself) in a fresh folder, each in its own process with its own
+Ray."""
 
 import os
 import re
@@ -19,11 +20,11 @@ from tests.support.paths import REPO
 XDR = str(Path(sys.executable).parent / "xdr")
 
 
-def readme_commands(section: str) -> list[list[str]]:
-    """The commands of the first bash block under a README heading, comments dropped."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+def doc_commands(doc: str, section: str) -> list[list[str]]:
+    """The commands of the first bash block under a heading of a doc, comments dropped."""
+    text = (REPO / doc).read_text(encoding="utf-8")
     block = re.search(rf"## {re.escape(section)}\n+```bash\n(.*?)```", text, re.S)
-    assert block, f"README has no bash block under '## {section}'"
+    assert block, f"{doc} has no bash block under '## {section}'"
     return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.strip()]
 
 
@@ -39,20 +40,21 @@ def _run(argv: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_commands_work_as_written(tmp_path):
+def test_the_demo_and_the_serving_guides_commands_work_as_written(tmp_path):
     if not _port_free(8000):
-        pytest.skip("port 8000, which the README's commands use, is taken on this machine")
+        pytest.skip("port 8000, which the serving guide's commands use, is taken on this machine")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
     env.update(XDR_LOG_DIR=str(tmp_path / "logs"), PYTHONUNBUFFERED="1")
 
     demo = _run([XDR, "demo"], tmp_path, env, timeout=600)  # what scripts/demo.sh runs after the set-up
     assert "demo-024  Penicillin" in demo and "Ray's logs:" in demo
     # quiet by default: Ray's controller, proxy and replica lines are in the log file, not on the terminal
-    for noise in ("Removing 1 replica", "CALL search", "logging_progress", "Writing model shards"):
+    for noise in ("Removing 1 replica", "CALL search", "logging_progress", "Writing model shards", "(raylet)",
+                  "graceful_shutdown"):
         assert noise not in demo, noise
     assert len(demo.splitlines()) < 80, demo
 
-    build, serve_cmd, search = readme_commands("The index and the endpoint")
+    build, serve_cmd, search = doc_commands("docs/guides/serving.md", "The index and the endpoint")
     assert build[0] == serve_cmd[0] == search[0] == "xdr" and "--index=demo-output/run/index" in serve_cmd
     out = _run([XDR, *build[1:]], tmp_path, env)  # a rerun of the demo's build: resumes, same settings
     assert "shards: 2" in out
@@ -74,7 +76,7 @@ def test_the_readme_commands_work_as_written(tmp_path):
         first = answer.splitlines()[1]
         assert answer.startswith("? Wer hat das Penicillin entdeckt?") and "demo-024  Penicillin" in first, answer
     finally:
-        server.send_signal(signal.SIGINT)  # Ctrl-C, as the README says
+        server.send_signal(signal.SIGINT)  # Ctrl-C, as the guide says
         stopped = time.monotonic()
         try:
             server.wait(timeout=90)
