@@ -371,6 +371,7 @@ def job_session(command: str, *, verbose: bool = False, address: str | None = No
     previous_handler = signal.getsignal(signal.SIGTERM) if on_main_thread else None
     ours = not ray.is_initialized()
     watch = None
+    _node_died.clear()  # of an earlier command in this process
     try:
         if uses_ray:
             connect_ray(address, log_file=log_file, **init_options)
