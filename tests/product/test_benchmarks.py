@@ -138,15 +138,21 @@ def test_token_f1_is_squad_style_overlap():
     assert token_f1("x", "y") == 0
 
 
+@pytest.fixture(scope="module")
+def serve_work(tmp_path_factory):
+    """The serve benchmark's work folder: the demo index it builds there serves the profile test too."""
+    return tmp_path_factory.mktemp("serve-work")
+
+
 @pytest.mark.slow
-def test_serve_benchmark_runs_every_default_path_side_by_side_in_tiny_mode(tmp_path):
+def test_serve_benchmark_runs_every_default_path_side_by_side_in_tiny_mode(tmp_path, serve_work):
     """bench_serve.py --tiny: the demo index built, then the library, the uvicorn app, Serve's floor and
     `xdr serve` under wrk, on the haproxy ingress (`xdr serve`'s default; Serve's defaults are what
     tests/jobs/test_serve.py runs). Every HTTP path answers every question as the library does, without an error,
     and the ratio table is there."""
     out = tmp_path / "serve.json"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"), "--tiny", "--work",
-                           str(tmp_path / "work"), "--json", str(out)], capture_output=True, text=True, timeout=900)
+                           str(serve_work), "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = {(r["path"], r.get("serve_settings")): r for r in result["rows"]}
@@ -162,11 +168,11 @@ def test_serve_benchmark_runs_every_default_path_side_by_side_in_tiny_mode(tmp_p
 
 
 @pytest.mark.slow
-def test_serve_profile_runs_on_the_demo_index(tmp_path):
+def test_serve_profile_runs_on_the_demo_index(tmp_path, serve_work):
     """profile_serve.py as docs/results/benchmarks.md gives it, at one client for 2 s: the Router's CPU per request
     is counted and its py-spy samples are sorted, encoding among them."""
     build = ("import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); import bench_serve; "
-             f"print(bench_serve.demo_index(Path({str(tmp_path / 'work')!r})))")
+             f"print(bench_serve.demo_index(Path({str(serve_work)!r})))")  # built by the benchmark test if it ran
     made = subprocess.run([sys.executable, "-c", build], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stderr[-3000:]
     index, out = made.stdout.strip().splitlines()[-1], tmp_path / "profile.json"
