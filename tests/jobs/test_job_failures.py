@@ -22,6 +22,25 @@ def _corpus(path, n=400):
     return path
 
 
+def _indexing_job(tmp_path, tiny_models) -> subprocess.Popen:
+    """An indexing job with work enough to be stopped mid-run (3,000 passages, parts of 50), in its own session."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ray_jobs.index_corpus", f"--corpus.path={_corpus(tmp_path / 'c.jsonl', 3000)}",
+         f"--output={tmp_path / 'out'}", f"--generator.model={tiny_models['generator']}",
+         f"--encoder.model={tiny_models['encoder']}", "--generator.max_new_tokens=24",
+         "--corpus.passages_per_part=50", "--resources.gpus_per_actor=0", "--resources.cpus_per_actor=0.5",
+         "--resources.generator_actors=[1,1]", "--resources.encoder_actors=[1,1]"],
+        cwd=REPO, env=JOB_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_its_pipeline(proc: subprocess.Popen, output) -> None:
+    """Until the job has committed a queries part: mid-run, the pipeline working."""
+    deadline = time.monotonic() + 300
+    while not list((output / "queries").glob("part-*.parquet")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the job never started its pipeline"
+        time.sleep(0.2)
+
+
 def _stop_with_sigterm(proc: subprocess.Popen, output) -> str:
     """SIGTERM to a running job's driver: it exits with 130 within 15 s, says so, and leaves no process of its
     session behind. Returns what it printed (`output()`, read once it has exited)."""
@@ -57,18 +76,9 @@ def test_a_corrupt_model_fails_the_job_with_the_loaders_message(tmp_path, tiny_m
 
 @pytest.mark.slow
 def test_sigterm_stops_the_job_and_its_ray(tmp_path, tiny_models):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ray_jobs.index_corpus", f"--corpus.path={_corpus(tmp_path / 'c.jsonl', 3000)}",
-         f"--output={tmp_path / 'out'}", f"--generator.model={tiny_models['generator']}",
-         f"--encoder.model={tiny_models['encoder']}", "--generator.max_new_tokens=24",
-         "--corpus.passages_per_part=50", "--resources.gpus_per_actor=0", "--resources.cpus_per_actor=0.5",
-         "--resources.generator_actors=[1,1]", "--resources.encoder_actors=[1,1]"],
-        cwd=REPO, env=JOB_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = _indexing_job(tmp_path, tiny_models)
     try:
-        deadline = time.monotonic() + 300
-        while not list((tmp_path / "out" / "queries").glob("part-*.parquet")):  # mid-run: the pipeline works
-            assert proc.poll() is None and time.monotonic() < deadline, "the job never started its pipeline"
-            time.sleep(0.2)
+        _wait_for_its_pipeline(proc, tmp_path / "out")
         assert len(session_processes(proc.pid)) > 3  # the driver and its local Ray
         _stop_with_sigterm(proc, proc.stderr.read)
     finally:
@@ -196,18 +206,9 @@ def test_waiting_on_tasks_that_make_no_progress_says_so_on_the_driver(ray_local,
 def test_when_the_ray_node_dies_under_a_job_the_driver_says_so_in_one_line(tmp_path, tiny_models):
     """kill -9 of the node's dashboard agent takes a local Ray node down (its raylet follows); the driver
     must not die silently or with a bare actor error: one line says the node died and that a rerun resumes."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ray_jobs.index_corpus", f"--corpus.path={_corpus(tmp_path / 'c.jsonl', 3000)}",
-         f"--output={tmp_path / 'out'}", f"--generator.model={tiny_models['generator']}",
-         f"--encoder.model={tiny_models['encoder']}", "--generator.max_new_tokens=24",
-         "--corpus.passages_per_part=50", "--resources.gpus_per_actor=0", "--resources.cpus_per_actor=0.5",
-         "--resources.generator_actors=[1,1]", "--resources.encoder_actors=[1,1]"],
-        cwd=REPO, env=JOB_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = _indexing_job(tmp_path, tiny_models)
     try:
-        deadline = time.monotonic() + 300
-        while not list((tmp_path / "out" / "queries").glob("part-*.parquet")):  # mid-run: the pipeline works
-            assert proc.poll() is None and time.monotonic() < deadline, "the job never started its pipeline"
-            time.sleep(0.2)
+        _wait_for_its_pipeline(proc, tmp_path / "out")
         agents = [p for p in session_processes(proc.pid) if p.cmdline()[:1] == ["ray::DashboardAgent"]]
         assert agents, [p.cmdline()[:2] for p in session_processes(proc.pid)]
         agents[0].send_signal(signal.SIGKILL)
