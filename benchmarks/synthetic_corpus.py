@@ -3,6 +3,10 @@ plain TSV files with a header, passages of 60-140 words in several scripts, uniq
 number of bad rows and of ids duplicated in other files. Used by the scale benchmarks and their tests.
 
     python benchmarks/synthetic_corpus.py --passages 1000000 --files 32 --out /tmp/corpus-1m
+    python benchmarks/synthetic_corpus.py --next-version /tmp/corpus-1m --out /tmp/corpus-1m-v2
+
+`--next-version` writes the corpus's next version, as a monthly dump differs from the last: a share of the
+passages edited, some removed, new ones added, some moved to another file; everything else as it was.
 """
 
 from __future__ import annotations
@@ -70,13 +74,93 @@ def write_corpus(out: Path, passages: int, files: int, *, bad_every: int = 50_00
     return planted
 
 
+def _parse(line: str, jsonl: bool) -> dict | None:
+    """A corpus line as a row, or None for a planted bad row (copied as it is)."""
+    if not jsonl:
+        fields = line.rstrip("\n").split("\t")
+        return dict(zip(("id", "text", "title"), fields)) if len(fields) == 3 and fields[0] else None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and row.get("id") and row.get("text") and len(row) >= 2 else None
+
+
+def _line(row: dict, jsonl: bool) -> str:
+    if jsonl:
+        return json.dumps(row, ensure_ascii=False) + "\n"
+    return f"{row['id']}\t{row['text']}\t{row.get('title', '')}\n"
+
+
+def write_next_version(previous: Path, out: Path, *, edited: float = 0.03, added: float = 0.02,
+                       removed: float = 0.01, moved: float = 0.01, seed: int = 1) -> dict:
+    """The next version of a corpus `write_corpus` wrote, file by file (one file in memory at a time):
+    `edited` of the passages get another text, `removed` are left out, `moved` go to the start of the next
+    file, and `added` new passages (new ids) go to the end of the last. Bad rows stay; a planted duplicate
+    of a removed id is left out with it. Returns what it changed."""
+    out.mkdir(parents=True, exist_ok=True)
+    planted = json.loads((previous / "_planted.json").read_text())
+    texts, rng = _texts(seed), random.Random(seed)
+    changes = {"edited": 0, "removed": 0, "moved": 0, "added": 0}
+    duplicates = 0
+    gone: set[str] = set()  # removed ids: their planted duplicates go too (a few per file)
+    carried: list[dict] = []  # rows moved out of the previous file
+    names = planted["files"]
+    for f, name in enumerate(names):
+        jsonl = name.endswith(".jsonl.gz")
+        source = gzip.open(previous / name, "rt", encoding="utf-8") if jsonl else open(previous / name, encoding="utf-8")
+        sink = gzip.open(out / name, "wt", encoding="utf-8", compresslevel=1) if jsonl else open(out / name, "w",
+                                                                                                   encoding="utf-8")
+        with source, sink:
+            if not jsonl:
+                sink.write(source.readline())  # the header
+            sink.writelines(_line(row, jsonl) for row in carried)
+            carried = []
+            for line in source:
+                row = _parse(line, jsonl)
+                if row is None or row.get("text") == "again":  # a bad row, or a planted duplicate
+                    if row is None or row["id"] not in gone:
+                        sink.write(line)
+                        duplicates += row is not None
+                    continue
+                draw = rng.random()
+                if draw < removed:
+                    gone.add(row["id"])
+                    changes["removed"] += 1
+                    continue
+                if draw < removed + edited:
+                    row = {**row, "text": texts[rng.randrange(TEXT_POOL)] + " (edited)"}
+                    changes["edited"] += 1
+                if f + 1 < len(names) and rng.random() < moved:
+                    carried.append(row)
+                    changes["moved"] += 1
+                    continue
+                sink.write(_line(row, jsonl))
+            if f + 1 == len(names):
+                first = planted["passages"]
+                for i in range(first, first + round(planted["passages"] * added)):
+                    sink.write(_line({"id": f"p{i}", "title": f"Title {i}", "text": texts[rng.randrange(TEXT_POOL)]},
+                                     jsonl))
+                    changes["added"] += 1
+    next_planted = {**planted, "passages": planted["passages"] + changes["added"] - changes["removed"],
+                    "duplicates": duplicates,
+                    "previous": str(previous), "changes": changes}
+    (out / "_planted.json").write_text(json.dumps(next_planted, indent=1))
+    return next_planted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--passages", type=int, required=True)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--passages", type=int)
+    what.add_argument("--next-version", type=Path, metavar="CORPUS", help="a corpus this script wrote")
     parser.add_argument("--files", type=int, default=32)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    print(json.dumps(write_corpus(args.out, args.passages, args.files), indent=1))
+    if args.next_version:
+        print(json.dumps(write_next_version(args.next_version, args.out), indent=1))
+    else:
+        print(json.dumps(write_corpus(args.out, args.passages, args.files), indent=1))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 1. Ray tasks read and validate the corpus in parallel (files and byte ranges), find duplicate ids by
    hash partition, and cut passages/ and rejects/ parts (xdr.ingest.validation); the outcome is committed once
    to validation.json, so a rerun never reads the corpus again.
+   With `reuse_from`, Ray tasks then match its passages with the earlier runs' by id and content digest
+   (xdr.pipeline.reuse) and commit a plan per part to reuse/; the stages copy what the plan names.
 2. A Ray Data pipeline over the part numbers streams each part through a generator actor pool and an
    encoder actor pool; each actor writes its part's file to storage and returns a small summary.
 3. The driver follows the summaries (progress, ETA), then writes the manifest.
@@ -27,6 +29,7 @@ from xdr.ingest.validation import PrepareSummary, validate_corpus
 from xdr.io.layout import RunLayout
 from xdr.io.manifest import begin_run, finish_run, read_manifest
 from xdr.io.storage import FileRecord, Storage
+from xdr.pipeline.reuse import ReuseSummary, prepare_reuse
 from xdr.pipeline.stages import EmbedPartStage, GenerateQueriesStage
 from xdr.progress import Progress, StallWatch
 
@@ -47,6 +50,13 @@ def check_queries_source(storage: Storage, config: IndexingJobConfig, parts: int
 def _prepare(storage: Storage, config: IndexingJobConfig) -> PrepareSummary:
     tasks = RayTasks(cpus_per_task=config.resources.cpus_per_validation_task, label="validate")
     return validate_corpus(storage, config.corpus, config.output, tasks, progress=log.info)
+
+
+def _reuse(storage: Storage, config: IndexingJobConfig, prepared: PrepareSummary) -> ReuseSummary | None:
+    if not config.reuse_from:
+        return None
+    tasks = RayTasks(cpus_per_task=config.resources.cpus_per_validation_task, label="reuse")
+    return prepare_reuse(storage, config, [p.passages for p in prepared.parts], tasks, progress=log.info)
 
 
 def build_pipeline(config: IndexingJobConfig, parts: list[int]) -> ray.data.Dataset:
@@ -78,6 +88,11 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
              prepared.passages, len(prepared.parts), prepared.rejects, dict(prepared.reject_reasons), prepare_s)
     if config.queries_from:
         check_queries_source(storage, config, len(prepared.parts))
+    reuse = _reuse(storage, config, prepared)
+    if reuse:
+        log.info("the encoder runs for %d of %d passages, the generator for %d", prepared.passages - reuse.reused_embeddings,
+                 prepared.passages, prepared.passages - reuse.reused_queries)
+    reuse_s = time.perf_counter() - started - prepare_s
 
     passages_in = {p.part: p.passages for p in prepared.parts}
     progress = Progress("embed", prepared.passages, len(prepared.parts), every_s=progress_every_s, emit=log.info,
@@ -116,11 +131,19 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
             "embeddings": embedded,
             "parts_resumed": sum(bool(r["embeddings_skipped"]) for r in summaries),
             "validation_resumed": prepared.resumed,
+            # what reached the models in this attempt (a resumed attempt counts only the parts it did)
+            "passages_generated": sum(int(r.get("queries_passages_generated", 0)) for r in summaries),
+            "passages_encoded": sum(int(r.get("embeddings_passages_encoded", 0)) for r in summaries),
+            "queries_encoded": sum(int(r.get("embeddings_queries_encoded", 0)) for r in summaries),
         },
+        reuse=({"sources": [vars(s) for s in reuse.sources], **reuse.counts(),
+                "generator_calls_saved": reuse.reused_queries * len(config.generator.languages)
+                * config.generator.queries_per_language} if reuse else None),
         source_files=prepared.source_files,
         files=[vars(f) for f in files],
         timings={
             "prepare_s": round(prepare_s, 3),
+            "reuse_s": round(reuse_s, 3),
             "pipeline_s": round(pipeline_s, 3),
             "total_s": round(total_s, 3),
             "generate_busy_s": round(sum(float(r.get("queries_seconds", 0)) for r in summaries), 3),
@@ -139,6 +162,10 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"queries:    {c['queries_generated']:,} generated, {c['queries_fused']:,} fused, "
         f"{c['passages_without_queries']:,} passages without queries",
         f"embeddings: {c['embeddings']:,} in {c['parts']} parts ({c['parts_resumed']} resumed from an earlier run)",
+        *([f"reuse:      {r['reused_embeddings']:,} passages reused whole, {r['reused_queries'] - r['reused_embeddings']:,} "
+           f"their queries only; {r['changed']:,} changed, {r['added']:,} new, {r['dropped']:,} dropped; the models ran "
+           f"for {c['passages_generated']:,} (generator) and {c['passages_encoded']:,} (encoder) passages"]
+          if (r := manifest.get("reuse")) else []),
         f"time:       {t['total_s']:.1f}s total, {t['prepare_s']:.1f}s reading, {t['pipeline_s']:.1f}s generate+embed "
         f"({manifest['throughput']['passages_per_s']} passages/s)",
     ]

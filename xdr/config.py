@@ -146,11 +146,30 @@ class IndexingJobConfig(_Section):
     fusion: FusionConfig = FusionConfig()
     queries_from: str | None = Field(
         None, description="Reuse the queries of an earlier run (its run folder) instead of generating.")
+    reuse_from: list[str] = Field(
+        [], description="Earlier runs over an earlier version of the corpus (run folders, first listed wins): a "
+        "passage whose id, title and text are unchanged takes its generated queries from them when the generator "
+        "settings are the same, and its fused embedding when the encoder and fusion settings are too; only the "
+        "rest goes through the models. See docs/guides/reindexing.md.")
     embedding_dtype: Literal["float32", "float16"] = Field("float32", description="Stored vector type.")
     resources: ResourcesConfig = ResourcesConfig()
     storage: StorageConfig = StorageConfig()
 
     _absolute_paths = field_validator("output", "queries_from")(classmethod(lambda cls, v: absolute_location(v)))
+
+    @field_validator("reuse_from")
+    @classmethod
+    def _absolute_sources(cls, sources: list[str]) -> list[str]:
+        return [absolute_location(s) for s in sources]  # type: ignore[misc]  # a str in, a str out
+
+    @model_validator(mode="after")
+    def _one_way_to_reuse(self) -> IndexingJobConfig:
+        if self.queries_from and self.reuse_from:
+            raise ValueError("queries_from and reuse_from cannot be combined: reuse_from already takes the queries "
+                             "of unchanged passages from the earlier runs")
+        if self.output in self.reuse_from:
+            raise ValueError(f"reuse_from names the run's own output folder {self.output!r}")
+        return self
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

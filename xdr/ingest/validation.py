@@ -41,6 +41,8 @@ from xdr.executor import Executor, LocalExecutor
 from xdr.ingest.corpus import PassageValidator, ReadCount, detect_format, duplicate_reason, iter_raw_rows, reason_kind
 from xdr.io import schemas
 from xdr.io.layout import RunLayout
+from xdr.io.partitioned import (BATCH_ROWS, STAGING_OPTIONS, iter_batches, partition_of, read_group, write_partitioned,
+                                write_row_groups)
 from xdr.io.storage import FileRecord, Storage
 from xdr.uris import join
 
@@ -53,9 +55,6 @@ STAGED = pa.schema([("line", pa.int64()), ("id", pa.string()), ("title", pa.stri
 IDS = pa.schema([("id", pa.string()), ("order", pa.int64()), ("line", pa.int64())])
 DUPLICATES = pa.schema([("row", pa.int64()), ("reason", pa.string())])
 _ROW_BITS = 32  # order = unit << 32 | row: corpus order as one integer
-_STAGE_BATCH_ROWS = 8192
-# staged files are read once and deleted: compression, dictionaries and statistics cost more than they save
-_STAGING = {"compression": "none", "use_dictionary": False, "write_statistics": False}
 
 
 @dataclass(frozen=True)
@@ -137,11 +136,6 @@ def partitions_for(infos: list[dict], split_bytes: int) -> int:
     return max(1, min(4096, math.ceil(sum(i["bytes"] for i in infos) / split_bytes)))
 
 
-def _partition_of(ids: list[str], partitions: int) -> np.ndarray:
-    # crc32: the same in every process (Python's hash() is salted per process)
-    return np.fromiter((zlib.crc32(i.encode()) for i in ids), dtype=np.int64, count=len(ids)) % partitions
-
-
 # --- 2. validate a unit ---------------------------------------------------------------------------
 def _staging(run_uri: str) -> str:
     return join(run_uri, "_staging")
@@ -182,7 +176,7 @@ def validate_unit(storage: Storage, config: CorpusConfig, run_uri: str, unit: In
     id_partitions: list[np.ndarray] = []
     rows_read = 0
     with storage.writer(staged_uri(run_uri, unit.index)) as out, pq.ParquetWriter(out, STAGED,
-                                                                                   **_STAGING) as staged:
+                                                                                   **STAGING_OPTIONS) as staged:
         batch: list[dict] = []
 
         def flush() -> None:
@@ -194,7 +188,7 @@ def validate_unit(storage: Storage, config: CorpusConfig, run_uri: str, unit: In
             order = (np.int64(unit.index) << _ROW_BITS) + rows[valid.to_numpy(zero_copy_only=False)]
             kept = table.filter(valid)
             id_tables.append(pa.table({"id": kept["id"], "order": order, "line": kept["line"]}, schema=IDS))
-            id_partitions.append(_partition_of(kept["id"].to_pylist(), partitions))
+            id_partitions.append(partition_of(kept["id"].to_pylist(), partitions))
             rows_read += table.num_rows
             batch.clear()
 
@@ -202,40 +196,13 @@ def validate_unit(storage: Storage, config: CorpusConfig, run_uri: str, unit: In
             if row["reason"] is not None:
                 reasons[reason_kind(row["reason"])] += 1
             batch.append(row)
-            if len(batch) == _STAGE_BATCH_ROWS:
+            if len(batch) == BATCH_ROWS:
                 flush()
         flush()
     table = pa.concat_tables(id_tables).combine_chunks()
-    partition = np.concatenate(id_partitions)
-    sizes = np.bincount(partition, minlength=partitions)
-    _write_row_groups(storage, ids_uri(run_uri, unit.index),
-                      table.take(pa.array(np.argsort(partition, kind="stable"))), sizes, IDS)
-    return UnitResult(unit.index, count.lines, rows_read, table.num_rows, dict(reasons), sizes.tolist())
-
-
-def _write_row_groups(storage: Storage, uri: str, table: pa.Table, sizes, schema: pa.Schema) -> None:
-    """`table` (sorted by group) with one row group per non-empty group, in order: a reader of group g
-    reads row group (number of non-empty groups before g)."""
-    with storage.writer(uri) as out, pq.ParquetWriter(out, schema, **_STAGING) as writer:
-        start = 0
-        for size in sizes:
-            if size:
-                writer.write_table(table.slice(start, int(size)), row_group_size=int(size))
-                start += int(size)
-
-
-def _iter_batches(storage: Storage, uri: str, batch_size: int = _STAGE_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """A Parquet file's rows in batches, one batch in memory: pyarrow's threaded reader reads ahead and
-    kept hundreds of MB of a large file at once."""
-    fs, path = storage.filesystem(uri)
-    yield from pq.ParquetFile(fs.open_input_file(path), pre_buffer=False).iter_batches(batch_size=batch_size,
-                                                                                        use_threads=False)
-
-
-def _read_group(storage: Storage, uri: str, sizes: list[int], group: int) -> pa.Table:
-    fs, path = storage.filesystem(uri)
-    row_group = sum(1 for s in sizes[:group] if s)
-    return pq.ParquetFile(fs.open_input_file(path)).read_row_group(row_group)
+    sizes = write_partitioned(storage, ids_uri(run_uri, unit.index), table, np.concatenate(id_partitions),
+                              partitions, IDS)
+    return UnitResult(unit.index, count.lines, rows_read, table.num_rows, dict(reasons), sizes)
 
 
 # --- 3. duplicates --------------------------------------------------------------------------------
@@ -244,7 +211,7 @@ def find_duplicates(storage: Storage, run_uri: str, partition: int, sources: lis
     """One partition's ids from every unit -> duplicates per unit, written with a row group per unit:
     every occurrence of an id after its first in corpus order, with the reason naming the first."""
     units = len(sources)
-    tables = [_read_group(storage, ids_uri(run_uri, u), partition_rows[u], partition)
+    tables = [read_group(storage, ids_uri(run_uri, u), partition_rows[u], partition)
               for u in range(units) if partition_rows[u][partition]]
     table = (pa.concat_tables(tables) if tables else IDS.empty_table()).sort_by(
         [("id", "ascending"), ("order", "ascending")])
@@ -264,7 +231,7 @@ def find_duplicates(storage: Storage, run_uri: str, partition: int, sources: lis
     if found:
         dups = pa.table({"row": pa.array([r for _, r, _ in found], pa.int64()),
                          "reason": pa.array([m for _, _, m in found], pa.string())}, schema=DUPLICATES)
-        _write_row_groups(storage, duplicates_uri(run_uri, partition), dups, counts, DUPLICATES)
+        write_row_groups(storage, duplicates_uri(run_uri, partition), dups, counts, DUPLICATES)
     return counts.tolist()
 
 
@@ -305,7 +272,7 @@ def cut_unit(storage: Storage, config: CorpusConfig, run_uri: str, cut: UnitCut,
     every shared part in its range, empty or not, so that assembling needs no listing). `duplicates_in`:
     the partitions that found duplicates in this unit, each with its counts per unit."""
     duplicates = pa.concat_tables([DUPLICATES.empty_table()] + [
-        _read_group(storage, duplicates_uri(run_uri, p), counts, cut.unit.index)
+        read_group(storage, duplicates_uri(run_uri, p), counts, cut.unit.index)
         for p, counts in duplicates_in.items()])
     dup_reason = dict(zip(duplicates["row"].to_pylist(), duplicates["reason"].to_pylist()))
     dup_rows = np.array(sorted(dup_reason), dtype=np.int64)
@@ -325,7 +292,7 @@ def cut_unit(storage: Storage, config: CorpusConfig, run_uri: str, cut: UnitCut,
         elif passages.num_rows or rejects.num_rows:
             written.append(_write_part(storage, run_uri, part, passages, rejects))
 
-    for batch in _iter_batches(storage, staged_uri(run_uri, cut.unit.index)):
+    for batch in iter_batches(storage, staged_uri(run_uri, cut.unit.index)):
         rows = pa.Table.from_batches([batch])
         # this batch's duplicate rows: a slice of the sorted row numbers, not a lookup per row
         hits = dup_rows[np.searchsorted(dup_rows, row0):np.searchsorted(dup_rows, row0 + rows.num_rows)]

@@ -35,6 +35,15 @@ class RunLayout:
         """What validation decided (parts, counts, the corpus files it read), committed once."""
         return join(self.root, "validation.json")
 
+    def reuse_plan(self, part: int) -> str:
+        """Which rows of a part take their queries (and embedding) from an earlier run (reuse_from)."""
+        return join(self.root, "reuse", part_name(part))
+
+    @property
+    def reuse(self) -> str:
+        """What the match with the earlier runs found (sources, counts), committed once."""
+        return join(self.root, "reuse.json")
+
 
 @dataclass(frozen=True)
 class IndexLayout:

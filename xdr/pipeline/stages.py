@@ -23,6 +23,7 @@ from xdr.io.storage import FileRecord, Storage
 from xdr.models.encoder import make_encoder
 from xdr.models.generator import make_generator
 from xdr.pipeline.fusion import fuse
+from xdr.pipeline.reuse import ReusePlan, in_row_order
 
 
 def _summary(prefix: str, part: int, record: FileRecord, rows: int, seconds: float, skipped: bool,
@@ -32,6 +33,13 @@ def _summary(prefix: str, part: int, record: FileRecord, rows: int, seconds: flo
            f"{prefix}_skipped": skipped}
     out.update({f"{prefix}_{k}": v for k, v in extra.items()})
     return out
+
+
+def _rows_except(rows: int, taken: np.ndarray) -> np.ndarray:
+    """The rows 0..rows-1 that are not in `taken`: what the models still have to do."""
+    keep = np.ones(rows, dtype=bool)
+    keep[taken] = False
+    return np.flatnonzero(keep)
 
 
 def _map_batch(stage, batch: dict[str, Any]) -> dict[str, list]:
@@ -47,6 +55,7 @@ class GenerateQueriesStage:
     """passages/part-N -> queries/part-N (passage_id, lang, qidx, text)."""
 
     def __init__(self, config: IndexingJobConfig, device: str | None = None):
+        self.config = config
         self.storage = Storage(config.storage)
         self.layout = RunLayout(config.output)
         self.generator = make_generator(config.generator, device, self.storage)
@@ -59,9 +68,16 @@ class GenerateQueriesStage:
             rows = self.storage.parquet_rows(out_uri)  # from the footer: no second read of the data
             return _summary("queries", part, record, rows, time.perf_counter() - start, True)
         passages = self.storage.read_table(self.layout.part("passages", part), columns=["id", "title", "text"])
-        queries = self.generator.generate(passages.to_pylist())
-        record = self.storage.write_table(out_uri, pa.Table.from_pylist(queries, schema=schemas.QUERIES))
-        return _summary("queries", part, record, len(queries), time.perf_counter() - start, False)
+        plan = ReusePlan(self.storage, self.config, part)
+        todo = _rows_except(passages.num_rows, plan.rows())
+        generated = pa.Table.from_pylist(self.generator.generate(passages.take(todo).to_pylist()) if len(todo) else [],
+                                         schema=schemas.QUERIES)
+        owner = pc.index_in(generated["passage_id"], value_set=passages["id"]).cast(pa.int64())
+        queries = in_row_order([plan.copy("queries", passages["id"]), generated.append_column("_row", owner)],
+                               schemas.QUERIES)
+        record = self.storage.write_table(out_uri, queries)
+        return _summary("queries", part, record, queries.num_rows, time.perf_counter() - start, False,
+                        passages_generated=len(todo))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         return _map_batch(self, batch)
@@ -101,32 +117,46 @@ class EmbedPartStage:
             return _summary("embeddings", part, record, table.num_rows, time.perf_counter() - start, True,
                             queries_used=int(n_queries.sum()), without_queries=int((n_queries == 0).sum()))
         passages = self.storage.read_table(self.layout.part("passages", part), columns=["id", "title", "text"])
+        plan = ReusePlan(self.storage, self.config, part)
+        todo = _rows_except(passages.num_rows, plan.rows(embeddings=True))
+        computed, queries_encoded = self._embed(part, passages.take(todo), passages["id"])
+        table = in_row_order([plan.copy("embeddings", passages["id"], embeddings=True),
+                              computed.append_column("_row", pa.array(todo, pa.int64()))], self.schema)
+        record = self.storage.write_table(out_uri, table)
+        n_queries = table["n_queries"].to_numpy()
+        return _summary("embeddings", part, record, table.num_rows, time.perf_counter() - start, False,
+                        queries_used=int(n_queries.sum()), without_queries=int((n_queries == 0).sum()),
+                        passages_encoded=len(todo), queries_encoded=queries_encoded)
+
+    def _embed(self, part: int, passages: pa.Table, part_ids: pa.Array) -> tuple[pa.Table, int]:
+        """Encode and fuse `passages` (a part's, or those of its rows that reuse found no embedding for);
+        returns their rows and how many queries were encoded. `part_ids`: every id of the part."""
+        if passages.num_rows == 0:
+            return self.schema.empty_table(), 0
         ids = passages["id"].to_pylist()
         passage_emb = self.encoder.encode_passages(passages["title"].to_pylist(), passages["text"].to_pylist())
-        fused, n_queries = passage_emb, np.zeros(len(ids), dtype=np.int64)
+        fused, n_queries, encoded = passage_emb, np.zeros(len(ids), dtype=np.int64), 0
         if self.config.fusion.alpha > 0 and self.queries_per_language > 0:
             queries = self._usable_queries(part)
-            row_of = {pid: i for i, pid in enumerate(ids)}
-            owners = [row_of.get(pid, -1) for pid in queries["passage_id"].to_pylist()]
-            if -1 in owners:
-                stray = queries["passage_id"][owners.index(-1)].as_py()
-                raise ValueError(f"{self.queries_layout.part('queries', part)} has queries for passage {stray!r}, "
-                                 f"which is not in {self.layout.part('passages', part)}: queries_from must be a "
-                                 "run over the same corpus with the same corpus.passages_per_part")
-            owner = np.asarray(owners, dtype=np.int64)
+            stray = pc.invert(pc.is_in(queries["passage_id"], value_set=part_ids))
+            if pc.any(stray).as_py():
+                raise ValueError(f"{self.queries_layout.part('queries', part)} has queries for passage "
+                                 f"{queries.filter(stray)['passage_id'][0].as_py()!r}, which is not in "
+                                 f"{self.layout.part('passages', part)}: queries_from must be a run over the same "
+                                 "corpus with the same corpus.passages_per_part")
+            queries = queries.filter(pc.is_in(queries["passage_id"], value_set=passages["id"]))  # not: reused rows'
+            owner = pc.index_in(queries["passage_id"], value_set=passages["id"]).to_numpy().astype(np.int64)
             query_emb = self.encoder.encode_queries(queries["text"].to_pylist())
+            encoded = queries.num_rows
             fused, n_queries = fuse(passage_emb, query_emb, owner, alpha=self.config.fusion.alpha,
                                     mode=self.config.fusion.mode,
                                     nominal_queries=self.queries_per_language * len(self.languages))
         vectors = fused.astype(self.config.embedding_dtype).reshape(-1)
-        table = pa.table({
+        return pa.table({
             "id": pa.array(ids, pa.string()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors), self.encoder.dim),
             "n_queries": pa.array(n_queries, pa.int16()),
-        }, schema=self.schema)
-        record = self.storage.write_table(out_uri, table)
-        return _summary("embeddings", part, record, len(ids), time.perf_counter() - start, False,
-                        queries_used=int(n_queries.sum()), without_queries=int((n_queries == 0).sum()))
+        }, schema=self.schema), encoded
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         return _map_batch(self, batch)
