@@ -86,6 +86,12 @@ def _parse(line: str, jsonl: bool) -> dict | None:
     return row if isinstance(row, dict) and row.get("id") and row.get("text") and len(row) >= 2 else None
 
 
+def _open(path: Path, mode: str, gzipped: bool):
+    if gzipped:
+        return gzip.open(path, mode, encoding="utf-8", compresslevel=1)
+    return open(path, mode[0], encoding="utf-8")
+
+
 def _line(row: dict, jsonl: bool) -> str:
     if jsonl:
         return json.dumps(row, ensure_ascii=False) + "\n"
@@ -108,9 +114,8 @@ def write_next_version(previous: Path, out: Path, *, edited: float = 0.03, added
     names = planted["files"]
     for f, name in enumerate(names):
         jsonl = name.endswith(".jsonl.gz")
-        source = gzip.open(previous / name, "rt", encoding="utf-8") if jsonl else open(previous / name, encoding="utf-8")
-        sink = gzip.open(out / name, "wt", encoding="utf-8", compresslevel=1) if jsonl else open(out / name, "w",
-                                                                                                   encoding="utf-8")
+        source = _open(previous / name, "rt", jsonl)
+        sink = _open(out / name, "wt", jsonl)
         with source, sink:
             if not jsonl:
                 sink.write(source.readline())  # the header

@@ -90,8 +90,8 @@ def run_indexing(config: IndexingJobConfig, *, progress_every_s: float = 5.0) ->
         check_queries_source(storage, config, len(prepared.parts))
     reuse = _reuse(storage, config, prepared)
     if reuse:
-        log.info("the encoder runs for %d of %d passages, the generator for %d", prepared.passages - reuse.reused_embeddings,
-                 prepared.passages, prepared.passages - reuse.reused_queries)
+        log.info("the encoder runs for %d of %d passages, the generator for %d", prepared.passages
+                 - reuse.reused_embeddings, prepared.passages, prepared.passages - reuse.reused_queries)
     reuse_s = time.perf_counter() - started - prepare_s
 
     passages_in = {p.part: p.passages for p in prepared.parts}
@@ -162,10 +162,10 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"queries:    {c['queries_generated']:,} generated, {c['queries_fused']:,} fused, "
         f"{c['passages_without_queries']:,} passages without queries",
         f"embeddings: {c['embeddings']:,} in {c['parts']} parts ({c['parts_resumed']} resumed from an earlier run)",
-        *([f"reuse:      {r['reused_embeddings']:,} passages reused whole, {r['reused_queries'] - r['reused_embeddings']:,} "
-           f"their queries only; {r['changed']:,} changed, {r['added']:,} new, {r['dropped']:,} dropped; the models ran "
-           f"for {c['passages_generated']:,} (generator) and {c['passages_encoded']:,} (encoder) passages"]
-          if (r := manifest.get("reuse")) else []),
+        *([f"reuse:      {r['reused_embeddings']:,} passages reused whole, "
+           f"{r['reused_queries'] - r['reused_embeddings']:,} their queries only; {r['changed']:,} changed, "
+           f"{r['added']:,} new, {r['dropped']:,} dropped; the models ran for {c['passages_generated']:,} (generator) "
+           f"and {c['passages_encoded']:,} (encoder) passages"] if (r := manifest.get("reuse")) else []),
         f"time:       {t['total_s']:.1f}s total, {t['prepare_s']:.1f}s reading, {t['pipeline_s']:.1f}s generate+embed "
         f"({manifest['throughput']['passages_per_s']} passages/s)",
     ]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -41,8 +40,15 @@ from xdr.executor import Executor, LocalExecutor
 from xdr.ingest.corpus import PassageValidator, ReadCount, detect_format, duplicate_reason, iter_raw_rows, reason_kind
 from xdr.io import schemas
 from xdr.io.layout import RunLayout
-from xdr.io.partitioned import (BATCH_ROWS, STAGING_OPTIONS, iter_batches, partition_of, read_group, write_partitioned,
-                                write_row_groups)
+from xdr.io.partitioned import (
+    BATCH_ROWS,
+    STAGING_OPTIONS,
+    iter_batches,
+    partition_of,
+    read_group,
+    write_partitioned,
+    write_row_groups,
+)
 from xdr.io.storage import FileRecord, Storage
 from xdr.uris import join
 

@@ -33,7 +33,8 @@ def write_partitioned(storage: Storage, uri: str, table: pa.Table, partition: np
     return [int(s) for s in sizes]
 
 
-def write_row_groups(storage: Storage, uri: str, table: pa.Table, sizes: Sequence[int], schema: pa.Schema) -> None:
+def write_row_groups(storage: Storage, uri: str, table: pa.Table, sizes: Sequence[int] | np.ndarray,
+                     schema: pa.Schema) -> None:
     """`table` (sorted by group) with one row group per non-empty group, in order: a reader of group g
     reads row group (number of non-empty groups before g)."""
     with storage.writer(uri) as out, pq.ParquetWriter(out, schema, **STAGING_OPTIONS) as writer:
