@@ -26,8 +26,12 @@ def build_index(config: IndexBuildConfig) -> dict[str, Any]:
 
 def format_summary(manifest: dict[str, Any]) -> str:
     sizes = ", ".join(f"{s['vectors']:,}" for s in manifest["shards"])
-    return (f"index:  {manifest['factory']} ({manifest['dim']}-d, inner product), trained on "
-            f"{manifest['train_sample']:,} vectors, nprobe {manifest['nprobe']}\n"
+    refresh = manifest.get("refresh")
+    trained = (f"quantizer of {refresh['quantizer_from']} (drift {refresh['residual_ratio']:.3f}x"
+               f"{': rebuild in full advised' if refresh['rebuild_advised'] else ''})" if refresh
+               else f"trained on {manifest['train_sample']:,} vectors")
+    return (f"index:  {manifest['factory']} ({manifest['dim']}-d, inner product), {trained}, "
+            f"nprobe {manifest['nprobe']}\n"
             f"shards: {len(manifest['shards'])} ({sizes} vectors; {manifest['vectors']:,} in all)\n"
             f"time:   {manifest['timings']['total_s']:.1f}s")
 

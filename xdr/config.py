@@ -203,6 +203,13 @@ class IndexBuildConfig(_Section):
     shards: int = Field(2, gt=0, description="Serving shards (one Ray Serve deployment each).")
     with_text: bool = Field(True, description="Keep title and text next to each shard to answer with text.")
     seed: int = Field(0, ge=0, description="Seed of the training sample and of k-means.")
+    quantizer_from: str | None = Field(
+        None, description="An earlier index folder whose trained quantizer (IVF centroids, PQ codebooks) this build "
+        "reuses instead of training: a refresh for a new corpus version costs the add and merge only. The build "
+        "measures how far the new vectors drifted from it and advises a full rebuild past `max_drift`.")
+    max_drift: float = Field(
+        1.10, gt=1, description="With quantizer_from: the largest ratio of the new sample's mean squared distance "
+        "to its nearest centroid over the original training sample's before the build advises a full rebuild.")
     use_gpu: bool = Field(
         False, description="k-means and the adds' list assignment on GPUs: the train and add tasks take a GPU each "
         "and faiss uses it when it is a GPU build (`pip install xdr[gpu]`, as the cluster image). A cluster without "
@@ -210,7 +217,8 @@ class IndexBuildConfig(_Section):
         "have the same format either way.")
     storage: StorageConfig = StorageConfig()
 
-    _absolute_paths = field_validator("run", "output")(classmethod(lambda cls, v: absolute_location(v)))
+    _absolute_paths = field_validator("run", "output", "quantizer_from")(
+        classmethod(lambda cls, v: absolute_location(v)))
 
     @property
     def index_root(self) -> str:

@@ -77,6 +77,23 @@ def train_index(factory: str, sample: np.ndarray, *, seed: int = 0, use_gpu: boo
     return index
 
 
+def quantizer_fit(index: faiss.Index, sample: np.ndarray) -> dict[str, float]:
+    """How well a trained IVF index's coarse quantizer fits `sample`: the mean squared distance from a vector
+    to the centroid of its list, and the imbalance of the lists the vectors fall in (FAISS's imbalance factor,
+    n * sum(size^2) / (sum size)^2: 1 when even). A refresh compares these with the training sample's."""
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    if isinstance(index, faiss.IndexPreTransform):  # e.g. OPQ: the lists hold transformed vectors
+        chain = index.chain  # a SWIG vector (the type stubs call it a list)
+        for step in range(chain.size()):  # type: ignore[attr-defined]
+            x = chain.at(step).apply(x)  # type: ignore[attr-defined]
+    ivf = faiss.extract_index_ivf(index)
+    _, lists = ivf.quantizer.search(x, 1)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    residual = float(((x - centroids[lists[:, 0]]) ** 2).sum(axis=1).mean())
+    sizes = np.bincount(lists[:, 0], minlength=ivf.nlist).astype(np.float64)
+    return {"mean_residual": residual, "imbalance": float(ivf.nlist * (sizes ** 2).sum() / sizes.sum() ** 2)}
+
+
 def add_assigned(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, assigner: faiss.Index) -> None:
     """index.add_with_ids, with each vector's inverted list found by `assigner`, a copy of the index's coarse
     quantizer (on the GPUs: the assignment is the costly part of adding, nlist dot products a vector)."""

@@ -1,7 +1,9 @@
 """The whole index build, through an executor (xdr.executor): a finished indexing run -> a sharded IVF(-PQ)
 FAISS index. `ray_jobs.build_index` runs it as Ray tasks; tests run the same sequence in one process.
 
-1. One step draws a uniform sample of the embeddings (only the sampled rows are read) and trains the index.
+1. One step draws a uniform sample of the embeddings (only the sampled rows are read) and trains the index;
+   or, with `quantizer_from` (a refresh), takes an earlier index's trained quantizer and measures how far the
+   sample drifted from it (`refresh_quantizer`).
 2. One step per embeddings part adds that part to a copy of the trained index (in parallel).
 3. One step per serving shard merges its parts' partial indexes (memory: one shard plus one partial).
 4. The driver checks every passage is in exactly one shard and writes index/manifest.json.
@@ -27,25 +29,76 @@ from xdr.progress import Progress
 log = logging.getLogger("xdr.index.builder")
 
 # what the index's files depend on: a rerun with other values would silently reuse the committed files
-OUTPUT_SETTINGS = {"run", "factory", "train_sample", "shards", "with_text", "seed"}
+OUTPUT_SETTINGS = {"run", "factory", "train_sample", "shards", "with_text", "seed", "quantizer_from"}
 
 
 def train(storage: Storage, config: IndexBuildConfig, rows_per_part: list[int]) -> dict[str, Any]:
     """Step 1 (skipped when trained.faissindex exists); returns what the manifest records of it."""
+    if config.quantizer_from:
+        return refresh_quantizer(storage, config, rows_per_part)
     layout = IndexLayout(config.index_root)
     total = sum(rows_per_part)
-    dim = storage.read_table(RunLayout(config.run).part("embeddings", 0), columns=["embedding"]).schema.field(
-        "embedding").type.list_size
+    dim = _dim(storage, config.run)
     factory = config.factory or steps.default_factory(total, dim)
     sample_size = steps.train_sample_size(total, factory, config.train_sample)
-    if not storage.exists(layout.trained):
+    sample = steps.read_sample(storage, config.run, rows_per_part, sample_size, config.seed)
+    if storage.exists(layout.trained):
+        index = steps.from_bytes(storage.read_bytes(layout.trained))
+    else:
         start = time.perf_counter()
-        sample = steps.read_sample(storage, config.run, rows_per_part, sample_size, config.seed)
         index = steps.train_index(factory, sample, seed=config.seed, use_gpu=config.use_gpu)
         storage.write_bytes(layout.trained, steps.to_bytes(index))
         log.info("trained %s on %d vectors in %.1fs", factory, len(sample), time.perf_counter() - start)
     return {"factory": factory, "dim": dim, "nlist": steps.nlist_of(factory), "train_sample": sample_size,
-            "faiss_gpus": steps.faiss_gpus()}
+            "faiss_gpus": steps.faiss_gpus(), "quantizer_fit": steps.quantizer_fit(index, sample)}
+
+
+def _dim(storage: Storage, run: str) -> int:
+    table = storage.read_table(RunLayout(run).part("embeddings", 0), columns=["embedding"])
+    return table.schema.field("embedding").type.list_size
+
+
+def refresh_quantizer(storage: Storage, config: IndexBuildConfig, rows_per_part: list[int]) -> dict[str, Any]:
+    """Take `config.quantizer_from`'s trained index as this one's, and measure the drift: the new sample's
+    fit (mean squared distance to its centroid, list imbalance) over the original training sample's."""
+    assert config.quantizer_from
+    source = IndexLayout(config.quantizer_from)
+    if not storage.exists(source.manifest):
+        raise ValueError(f"quantizer_from {config.quantizer_from!r} is not a finished index (no manifest.json); "
+                         "build it first, or leave quantizer_from out to train a quantizer")
+    original = json.loads(storage.read_bytes(source.manifest))
+    if config.factory and config.factory != original["factory"]:
+        raise ValueError(f"factory {config.factory!r} differs from quantizer_from's {original['factory']!r}: a "
+                         "reused quantizer keeps its factory (leave factory out, or rebuild in full)")
+    dim = _dim(storage, config.run)
+    if dim != original["dim"]:
+        raise ValueError(f"the run's embeddings have {dim} dimensions, quantizer_from's index {original['dim']}: "
+                         "it was trained for another encoder; build this index in full")
+    layout = IndexLayout(config.index_root)
+    if not storage.exists(layout.trained):
+        storage.write_bytes(layout.trained, storage.read_bytes(source.trained))
+    index = steps.from_bytes(storage.read_bytes(layout.trained))
+    sample = steps.read_sample(storage, config.run, rows_per_part, original["train_sample"], config.seed)
+    now, then = steps.quantizer_fit(index, sample), original.get("quantizer_fit")
+    if then is None:  # an index built before the fit was recorded: measure its own training sample again
+        old_run = original["source_run"]
+        old_rows = [storage.parquet_rows(RunLayout(old_run).part("embeddings", p))
+                    for p in range(read_manifest(storage, old_run)["counts"]["parts"])]
+        then = steps.quantizer_fit(index, steps.read_sample(storage, old_run, old_rows, original["train_sample"],
+                                                            original["config"]["seed"]))
+    drift = {"residual_ratio": round(now["mean_residual"] / then["mean_residual"], 4),
+             "imbalance_ratio": round(now["imbalance"] / then["imbalance"], 4)}
+    drift["rebuild_advised"] = drift["residual_ratio"] > config.max_drift
+    if drift["rebuild_advised"]:
+        log.warning("the new vectors drifted from the reused quantizer: their mean squared distance to a centroid "
+                    "is %.2fx the original training sample's (max_drift %.2f); recall will suffer, rebuild this "
+                    "index in full (leave quantizer_from out)", drift["residual_ratio"], config.max_drift)
+    else:
+        log.info("reused the quantizer of %s: drift %.3fx in distance to centroids, %.3fx in list imbalance",
+                 config.quantizer_from, drift["residual_ratio"], drift["imbalance_ratio"])
+    return {"factory": original["factory"], "dim": dim, "nlist": original["nlist"],
+            "train_sample": original["train_sample"], "faiss_gpus": steps.faiss_gpus(), "quantizer_fit": then,
+            "refresh": {"quantizer_from": config.quantizer_from, "sample_fit": now, **drift}}
 
 
 def _gpus_per_step(config: IndexBuildConfig, executor: Executor) -> int:
