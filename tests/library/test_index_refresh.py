@@ -90,3 +90,15 @@ def test_the_refresh_measures_drift_and_advises_a_rebuild_past_max_drift(first, 
     original = json.loads((root / "index-v1" / "manifest.json").read_text())["quantizer_fit"]["mean_residual"]
     assert original == pytest.approx(mean_residual(vectors), rel=1e-4)
     assert far["residual_ratio"] == pytest.approx(mean_residual(elsewhere) / mean_residual(vectors), rel=1e-3)
+
+
+def test_a_refresh_refuses_another_factory_or_dimension(first, tmp_path):
+    root, _ = first
+    write_run(Storage(), str(tmp_path / "run"), clustered_vectors(2_000, 16, clusters=8), part_size=1_000)
+    with pytest.raises(ValueError, match="16 dimensions, quantizer_from's index 32"):
+        build_manifest(str(tmp_path / "run"), str(tmp_path / "a"), None, 1, quantizer_from=str(root / "index-v1"))
+    with pytest.raises(ValueError, match="differs from quantizer_from's 'IVF32,PQ8np'"):
+        build_manifest(str(root / "run-v1"), str(tmp_path / "b"), "IVF16,Flat", 1,
+                       quantizer_from=str(root / "index-v1"))
+    with pytest.raises(ValueError, match="is not a finished index"):
+        build_manifest(str(root / "run-v1"), str(tmp_path / "c"), None, 1, quantizer_from=str(tmp_path / "none"))
