@@ -228,13 +228,13 @@ def serve_group(args) -> None:
                                      encoder_replicas=(1, 1), shard_replicas=(1, 1),
                                      separate_encoder=path == "xdr-separate-encoder",
                                      shard_placement="deployments" if path == "xdr-shard-deployments" else "auto")
-                serve.run(serve_app.build_app(config), name="bench", route_prefix="/")
+                serve_app.start(config, name="bench")
             up_s = time.monotonic() - started
             row = load_path(f"{path} [{args.serve_group}]", url, args,
                             None if path.startswith("serve-noop") else expected)
             row.update(path=path, serve_settings=args.serve_group, up_s=round(up_s, 1))
             started = time.monotonic()
-            serve.delete("bench")
+            serve_app.stop("bench")
             row["delete_s"] = round(time.monotonic() - started, 1)
             rows.append(row)
         started = time.monotonic()

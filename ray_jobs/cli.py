@@ -5,6 +5,7 @@
     xdr index --config FILE ...   the indexing job (python -m ray_jobs.index_corpus)
     xdr build-index --run URI ... the index build job (python -m ray_jobs.build_index)
     xdr serve --index URI ...     the search endpoint on this machine's Ray (Ctrl-C stops it)
+    xdr serve-switch --index URI  move the running endpoint to another index (same config), no request dropped
     xdr search QUESTION ...       ask a running endpoint
     xdr train-encoder --config F  train a dual encoder on Ray Train (python -m ray_jobs.train_encoder)
     xdr train-generator --config F  train the xQG query generator on Ray Train (ray_jobs.train_generator)
@@ -198,6 +199,30 @@ def _serve(argv: list[str]) -> None:
                 serve.shutdown()  # on a cluster, take the application down gracefully; a local Ray stops whole
 
 
+def _serve_switch(argv: list[str]) -> None:
+    import os
+    import time
+
+    from ray import serve
+
+    from ray_jobs import serve_app
+    from ray_jobs.common import job_session, parse_job_args, setup_logging
+    from xdr.config import ServeConfig
+
+    setup_logging()
+    args, config = parse_job_args("Move the running endpoint (`xdr serve`, or the `xdr` application of `serve "
+                                  "deploy`) to another index: give it the endpoint's config with the new index.",
+                                  argv, ServeConfig)
+    address = args.address or os.environ.get("RAY_ADDRESS") or "auto"  # the running endpoint's Ray, never a new one
+    with job_session("serve-switch", verbose=args.verbose, address=address):
+        if "xdr" not in serve.status().applications:
+            raise ValueError("no running xdr endpoint on this Ray cluster: start one with `xdr serve`")
+        started = time.monotonic()
+        version = serve_app.switch(config)
+        print(f"switched to {config.index} (index version {version}) in {time.monotonic() - started:.1f}s: every "
+              "replica serves it now", flush=True)
+
+
 def _search(argv: list[str]) -> None:
     import os
 
@@ -250,7 +275,8 @@ def _evaluate(argv: list[str]) -> None:
     evaluate_main(argv)
 
 
-COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve, "search": _search,
+COMMANDS = {"demo": _demo, "index": _index, "build-index": _build_index, "serve": _serve,
+            "serve-switch": _serve_switch, "search": _search,
             "evaluate": _evaluate, "train-encoder": _train_encoder,
             "train-generator": _train_generator, "tune-index": _tune_index, "sweep": _sweep,
             "build-tiny-models": _build_tiny_models,

@@ -16,6 +16,7 @@ that died gets 503 with Retry-After from the proxy middleware in ray_jobs/serve_
 
 
 import asyncio
+import hashlib
 import hmac
 import json
 import os
@@ -59,6 +60,7 @@ class Hit(BaseModel):
 class SearchResponse(BaseModel):
     results: list[list[Hit]]
     took_ms: float
+    index_version: str = Field(..., description="The index that answered (every hit comes from this one).")
 
 
 def _make_encoder(spec: dict):
@@ -120,6 +122,18 @@ class IndexShard:
     def check_health(self) -> None:
         if self.searcher.size <= 0:
             raise RuntimeError("the shard holds no vectors")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.01})
+class ShardSet:
+    """The ingress of an index version's shards application: it holds nothing, and exists so that the shard
+    deployments it binds are deployed (and deleted) together, apart from the Router's application."""
+
+    def __init__(self, *shards: DeploymentHandle):
+        self.shards = len(shards)
+
+    def count(self) -> int:
+        return self.shards
 
 
 Found = tuple[np.ndarray, np.ndarray, dict[int, dict]]  # merged top-k: scores, faiss ids, docs by faiss id
@@ -186,13 +200,15 @@ class Router:
     ran, so the per-call costs are paid per batch, not per question. `encoder` is the encoder's config (it
     runs here) or its deployment's handle; `shards` is the index (searched here) or the shard handles."""
 
-    def __init__(self, encoder: DeploymentHandle | dict, shards: list[DeploymentHandle] | dict, limits: dict,
-                 info: dict, token: str | None):
+    def __init__(self, encoder: DeploymentHandle | dict, shards: dict, limits: dict, info: dict, token: str | None):
         self.limits, self.info, self.token = limits, info, token
         self.encoder_handle = encoder if isinstance(encoder, DeploymentHandle) else None
         self.encoder = _make_encoder(encoder) if isinstance(encoder, dict) else None
-        self.local = InRouterShards(**shards) if isinstance(shards, dict) else None
-        self.remote = None if isinstance(shards, dict) else ShardDeployments(shards, limits["retry_s"])
+        in_router = "index_root" in shards
+        self.local = InRouterShards(**shards) if in_router else None
+        self.remote = None if in_router else ShardDeployments(
+            [serve.get_deployment_handle(f"IndexShard{s}", app_name=shards["app"]) for s in range(shards["count"])],
+            limits["retry_s"])
         self._search_batch.set_max_batch_size(limits["batch_size"])  # type: ignore[attr-defined]  # @serve.batch
         self._search_batch.set_batch_wait_timeout_s(limits["batch_wait_s"])  # type: ignore[attr-defined]
         self.in_flight = 0
@@ -290,7 +306,12 @@ class Router:
                                              for q in request.queries))
         finally:
             self.in_flight -= 1
-        return SearchResponse(results=results, took_ms=round(1000 * (time.perf_counter() - start), 2))
+        return SearchResponse(results=results, took_ms=round(1000 * (time.perf_counter() - start), 2),
+                              index_version=self.info["version"])
+
+    def serving(self) -> dict:
+        """What this replica serves (for `switch`, through a handle; not an HTTP route)."""
+        return self.info
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -321,20 +342,56 @@ def shards_fit_router(config: ServeConfig, manifest: dict) -> bool:
     return vector_bytes <= config.router_max_index_gb * 2**30
 
 
-def build_app(config: ServeConfig):
-    """The Serve application for a config (index manifest read once, here)."""
-    storage = Storage(config.storage)
-    storage_dict = storage.resolved().model_dump(mode="json")
-    manifest = json.loads(storage.read_bytes(IndexLayout(config.index).manifest))
-    encoder = config.encoder or EncoderConfig.model_validate(manifest["encoder"])
-    replicas = {"num_cpus": config.replica_cpus}
+def index_version(manifest_bytes: bytes) -> str:
+    """A short name for one build of an index: the digest of its manifest (which lists every file's SHA-256)."""
+    return hashlib.sha256(manifest_bytes).hexdigest()[:12]
+
+
+def _read_index(config: ServeConfig) -> tuple[dict, str]:
+    manifest_bytes = Storage(config.storage).read_bytes(IndexLayout(config.index).manifest)
+    return json.loads(manifest_bytes), index_version(manifest_bytes)
+
+
+def shards_app_name(name: str, version: str) -> str:
+    """The application holding the shard deployments of one index version for the Router application `name`."""
+    return f"{name}-shards-{version}"
+
+
+def _inner_limit(config: ServeConfig) -> int:
     # Serve's default of 5 ongoing requests per replica caps @serve.batch at 5 and makes callers back off
     # while slots stand free; the Router sheds load itself (max_inflight), so the inner deployments take
     # everything the routers let through.
-    inner_limit = 4 * max(config.max_inflight, config.encoder_batch_size)
+    return 4 * max(config.max_inflight, config.encoder_batch_size)
 
-    def scaling(bounds: tuple[int, int], target: float) -> dict:
-        return {"min_replicas": bounds[0], "max_replicas": bounds[1], "target_ongoing_requests": target}
+
+def _scaling(bounds: tuple[int, int], target: float) -> dict:
+    return {"min_replicas": bounds[0], "max_replicas": bounds[1], "target_ongoing_requests": target}
+
+
+def build_shards_app(config: ServeConfig):
+    """The shards application of `config.index` (for the "deployments" placement): one IndexShard deployment
+    per shard. It is an application of its own, one per index version, so that moving the Router to another
+    index (`switch`) leaves the shards the old Router replicas still ask untouched until they are gone."""
+    manifest, _ = _read_index(config)
+    storage_dict = Storage(config.storage).resolved().model_dump(mode="json")
+    shard = IndexShard.options  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
+    return ShardSet.bind(*[  # type: ignore[attr-defined]
+        shard(name=f"IndexShard{s['shard']}", max_ongoing_requests=_inner_limit(config),
+              autoscaling_config=_scaling(config.shard_replicas, config.max_inflight / 2),
+              ray_actor_options={"num_cpus": config.replica_cpus}, user_config={"nprobe": manifest["nprobe"]})
+        .bind(config.index, s["shard"], storage_dict, config.cache_dir) for s in manifest["shards"]])
+
+
+def build_app(config: ServeConfig, name: str = "xdr"):
+    """The Router application `name` for a config (index manifest read once, here). With the "deployments"
+    placement its Router asks the shard deployments of the application `shards_app_name(name, version)`,
+    which must run (`start` and `switch` deploy it first)."""
+    storage = Storage(config.storage)
+    storage_dict = storage.resolved().model_dump(mode="json")
+    manifest, version = _read_index(config)
+    encoder = config.encoder or EncoderConfig.model_validate(manifest["encoder"])
+    replicas = {"num_cpus": config.replica_cpus}
+    inner_limit, scaling = _inner_limit(config), _scaling
 
     encoder_arg = {"encoder": encoder.model_dump(mode="json"), "storage": storage_dict}  # the Router encodes
     if config.separate_encoder:
@@ -343,16 +400,9 @@ def build_app(config: ServeConfig):
             max_ongoing_requests=inner_limit, ray_actor_options=replicas,
         ).bind(encoder_arg, config.encoder_batch_size, config.encoder_batch_wait_s)
     in_router = shards_fit_router(config, manifest)
-    shards: dict | list
-    if in_router:
-        shards = {"index_root": config.index, "storage": storage_dict, "cache_dir": config.cache_dir}
-    else:
-        shard = IndexShard.options  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
-        shards = [shard(name=f"IndexShard{s['shard']}", max_ongoing_requests=inner_limit,
-                        autoscaling_config=scaling(config.shard_replicas, config.max_inflight / 2),
-                        ray_actor_options=replicas, user_config={"nprobe": manifest["nprobe"]})
-                  .bind(config.index, s["shard"], storage_dict, config.cache_dir) for s in manifest["shards"]]
-    info = {"index": config.index, "factory": manifest["factory"], "dim": manifest["dim"],
+    shards = ({"index_root": config.index, "storage": storage_dict, "cache_dir": config.cache_dir} if in_router
+              else {"app": shards_app_name(name, version), "count": len(manifest["shards"])})
+    info = {"index": config.index, "version": version, "factory": manifest["factory"], "dim": manifest["dim"],
             "vectors": manifest["vectors"], "shards": len(manifest["shards"]), "nprobe": manifest["nprobe"],
             "shard_placement": "router" if in_router else "deployments",
             "source_run": manifest["source_run"], "encoder": encoder.model, "pooling": encoder.pooling}
@@ -371,13 +421,72 @@ def build_app(config: ServeConfig):
 
 
 def app_builder(args: dict[str, Any]):
-    """Entry point for `serve deploy` / `serve run`: the application's `args` are a ServeConfig."""
-    return build_app(ServeConfig.model_validate(args))
+    """Entry point for `serve deploy` / `serve run`: the application's `args` are a ServeConfig (and, with
+    the "deployments" placement, `app_name`, the name the Router application is deployed under)."""
+    args = dict(args)
+    name = args.pop("app_name", "xdr")
+    return build_app(ServeConfig.model_validate(args), name)
 
 
-def start(config: ServeConfig, *, name: str = "xdr") -> str:
-    """Run the application on the connected Ray; returns its base URL."""
+def shards_builder(args: dict[str, Any]):
+    """Entry point for the shards application of the "deployments" placement (cluster/serve_config.yaml)."""
+    return build_shards_app(ServeConfig.model_validate(args))
+
+
+def _uses_shard_deployments(config: ServeConfig) -> bool:
+    return not shards_fit_router(config, _read_index(config)[0])
+
+
+def start(config: ServeConfig, *, name: str = "xdr", route_prefix: str = "/") -> str:
+    """Run the application `name` (and its shards application) on the connected Ray; returns the base URL."""
     serve.start(http_options={"host": config.host, "port": config.port,
                               "request_timeout_s": config.request_timeout_s})
-    serve.run(build_app(config), name=name, route_prefix="/")
+    _, version = _read_index(config)
+    if _uses_shard_deployments(config):
+        serve.run(build_shards_app(config), name=shards_app_name(name, version), route_prefix=None)
+    serve.run(build_app(config, name), name=name, route_prefix=route_prefix)
     return f"http://{config.host}:{config.port}"
+
+
+def stop(name: str = "xdr") -> None:
+    """Delete the application `name` and the shards applications it used."""
+    apps = list(serve.status().applications)
+    for app in [name] + [a for a in apps if a.startswith(f"{name}-shards-")]:
+        if app in apps:
+            serve.delete(app)
+
+
+def switch(config: ServeConfig, *, name: str = "xdr", route_prefix: str = "/", timeout_s: float = 600) -> str:
+    """Move the running application `name` to `config.index`; returns the new index version once nothing of
+    the old version runs.
+
+    1. With the "deployments" placement, the new version's shards application starts beside the old one.
+    2. The Router application is redeployed: Serve starts the new Router replicas, routes new requests to
+       them once healthy, and lets each old replica finish the requests it holds before it stops.
+    3. When no old Router replica is left, the old shards application is deleted.
+    A request is answered by one version from first shard to last: a Router only asks its own version's shards.
+    """
+    current = serve.get_app_handle(name).serving.remote().result()
+    _, version = _read_index(config)
+    if _uses_shard_deployments(config):
+        serve.run(build_shards_app(config), name=shards_app_name(name, version), route_prefix=None)
+    serve.run(build_app(config, name), name=name, route_prefix=route_prefix)  # returns once the new one is healthy
+    deadline = time.monotonic() + timeout_s
+    while waiting := _not_yet_switched(name):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"old replicas of {name} still run {timeout_s:.0f} s after the switch: {waiting}")
+        time.sleep(0.2)
+    old_shards = shards_app_name(name, current["version"])
+    if current["version"] != version and old_shards in serve.status().applications:
+        serve.delete(old_shards)
+    return version
+
+
+def _not_yet_switched(name: str) -> list[str]:
+    """The Router application's deployments still updating or with a replica in any state but RUNNING (an
+    old replica stopping finishes the requests it holds)."""
+    status = serve.status().applications.get(name)
+    if status is None:
+        return [f"no application {name!r}"]
+    return [f"{d}: {s.status} {dict(s.replica_states)}" for d, s in status.deployments.items()
+            if s.status != "HEALTHY" or set(s.replica_states) - {"RUNNING"}]

@@ -250,13 +250,12 @@ def test_shard_deployments_answer_as_in_router_and_a_killed_shard_replica_costs_
     """The layout for indexes that do not fit a router: one deployment per shard. Same answers as the
     shards searched in the router; SIGKILL of a shard replica under load: every request still answered
     (the router sends the call again to the restarted replica)."""
-    from ray import serve
 
     from ray_jobs import serve_app
 
     url, config, _, _ = endpoint
     spread = config.model_copy(update={"shard_placement": "deployments"})
-    serve.run(serve_app.build_app(spread), name="xdr-spread", route_prefix="/spread")
+    serve_app.start(spread, name="xdr-spread", route_prefix="/spread")
     try:
         queries = ["Who discovered penicillin?", "Какая самая длинная река в Европе?", "日本で一番高い山は何ですか？"]
         here, there = (_post(u, {"queries": queries, "k": 5}).json()["results"] for u in (url, f"{url}/spread"))
@@ -264,10 +263,11 @@ def test_shard_deployments_answer_as_in_router_and_a_killed_shard_replica_costs_
         info = requests.get(f"{url}/spread/info", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
         assert info["shard_placement"] == "deployments"
         killed = []
-        seen = _statuses_under_load(f"{url}/spread", 15, lambda: killed.append(_kill_replica("xdr-spread",
+        shards_app = serve_app.shards_app_name("xdr-spread", info["version"])
+        seen = _statuses_under_load(f"{url}/spread", 15, lambda: killed.append(_kill_replica(shards_app,
                                                                                              "IndexShard1")))
     finally:
-        serve.delete("xdr-spread")
+        serve_app.stop("xdr-spread")
     assert killed and set(seen) == {200} and seen[200] >= 20, seen
 
 

@@ -20,5 +20,6 @@ def index_here(config: IndexingJobConfig) -> tuple[ReuseSummary | None, list[dic
              if config.reuse_from else None)
     generate, embed = GenerateQueriesStage(config), EmbedPartStage(config)
     summaries = [{**generate.run_part(p.part), **embed.run_part(p.part)} for p in prepared.parts]
-    finish_run(storage, config, manifest, counts={"parts": len(prepared.parts), "passages": prepared.passages})
+    finish_run(storage, config, manifest, counts={"parts": len(prepared.parts), "passages": prepared.passages,
+                                                  "embeddings": prepared.passages})
     return reuse, summaries
