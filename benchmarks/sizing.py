@@ -50,7 +50,10 @@ def non_model_cost(passages: int = 10_000) -> dict:
     rows = [{"id": f"p{i}", "title": f"Title {i}", "text": texts[i % len(texts)], "lang": "en"}
             for i in range(passages)]
     with tempfile.TemporaryDirectory() as run:
-        Storage().write_table(RunLayout(run).part("passages", 0), pa.Table.from_pylist(rows, schema=schemas.PASSAGES))
+        table = pa.Table.from_pylist(rows).append_column(
+            "digest", schemas.digests([r["title"] for r in rows], [r["text"] for r in rows]))
+        Storage().write_table(RunLayout(run).part("passages", 0), table.select(schemas.PASSAGES.names)
+                              .cast(schemas.PASSAGES))
         config = IndexingJobConfig.model_validate({
             "output": run, "corpus": {"path": run},
             "generator": {"model": "stand-in:lead-words", "languages": ["ar", "bn", "fi", "ja", "ko", "ru", "te"],

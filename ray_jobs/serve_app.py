@@ -200,15 +200,19 @@ class Router:
     ran, so the per-call costs are paid per batch, not per question. `encoder` is the encoder's config (it
     runs here) or its deployment's handle; `shards` is the index (searched here) or the shard handles."""
 
-    def __init__(self, encoder: DeploymentHandle | dict, shards: dict, limits: dict, info: dict, token: str | None):
+    def __init__(self, encoder: DeploymentHandle | dict, shards: dict | list[DeploymentHandle], limits: dict,
+                 info: dict, token: str | None):
         self.limits, self.info, self.token = limits, info, token
         self.encoder_handle = encoder if isinstance(encoder, DeploymentHandle) else None
         self.encoder = _make_encoder(encoder) if isinstance(encoder, dict) else None
-        in_router = "index_root" in shards
-        self.local = InRouterShards(**shards) if in_router else None
-        self.remote = None if in_router else ShardDeployments(
-            [serve.get_deployment_handle(f"IndexShard{s}", app_name=shards["app"]) for s in range(shards["count"])],
-            limits["retry_s"])
+        self.local, self.remote = None, None
+        if isinstance(shards, list):  # shard deployments bound in this application (`serve deploy`)
+            self.remote = ShardDeployments(shards, limits["retry_s"])
+        elif "app" in shards:  # the shards application of this index version (`start`, `switch`)
+            self.remote = ShardDeployments([serve.get_deployment_handle(f"IndexShard{s}", app_name=shards["app"])
+                                            for s in range(shards["count"])], limits["retry_s"])
+        else:
+            self.local = InRouterShards(**shards)
         self._search_batch.set_max_batch_size(limits["batch_size"])  # type: ignore[attr-defined]  # @serve.batch
         self._search_batch.set_batch_wait_timeout_s(limits["batch_wait_s"])  # type: ignore[attr-defined]
         self.in_flight = 0
@@ -368,24 +372,28 @@ def _scaling(bounds: tuple[int, int], target: float) -> dict:
     return {"min_replicas": bounds[0], "max_replicas": bounds[1], "target_ongoing_requests": target}
 
 
+def _shard_deployments(config: ServeConfig, manifest: dict, suffix: str = "") -> list:
+    """One bound IndexShard deployment per shard of the index."""
+    storage_dict = Storage(config.storage).resolved().model_dump(mode="json")
+    shard = IndexShard.options  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
+    return [shard(name=f"IndexShard{s['shard']}{suffix}", max_ongoing_requests=_inner_limit(config),
+                  autoscaling_config=_scaling(config.shard_replicas, config.max_inflight / 2),
+                  ray_actor_options={"num_cpus": config.replica_cpus}, user_config={"nprobe": manifest["nprobe"]})
+            .bind(config.index, s["shard"], storage_dict, config.cache_dir) for s in manifest["shards"]]
+
+
 def build_shards_app(config: ServeConfig):
     """The shards application of `config.index` (for the "deployments" placement): one IndexShard deployment
     per shard. It is an application of its own, one per index version, so that moving the Router to another
     index (`switch`) leaves the shards the old Router replicas still ask untouched until they are gone."""
-    manifest, _ = _read_index(config)
-    storage_dict = Storage(config.storage).resolved().model_dump(mode="json")
-    shard = IndexShard.options  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
-    return ShardSet.bind(*[  # type: ignore[attr-defined]
-        shard(name=f"IndexShard{s['shard']}", max_ongoing_requests=_inner_limit(config),
-              autoscaling_config=_scaling(config.shard_replicas, config.max_inflight / 2),
-              ray_actor_options={"num_cpus": config.replica_cpus}, user_config={"nprobe": manifest["nprobe"]})
-        .bind(config.index, s["shard"], storage_dict, config.cache_dir) for s in manifest["shards"]])
+    return ShardSet.bind(*_shard_deployments(config, _read_index(config)[0]))  # type: ignore[attr-defined]
 
 
-def build_app(config: ServeConfig, name: str = "xdr"):
+def build_app(config: ServeConfig, name: str = "xdr", *, shards_inside: bool = False):
     """The Router application `name` for a config (index manifest read once, here). With the "deployments"
     placement its Router asks the shard deployments of the application `shards_app_name(name, version)`,
-    which must run (`start` and `switch` deploy it first)."""
+    which must run (`start` and `switch` deploy it first); or, with `shards_inside` (`serve deploy`), shard
+    deployments in this application, named after the index version."""
     storage = Storage(config.storage)
     storage_dict = storage.resolved().model_dump(mode="json")
     manifest, version = _read_index(config)
@@ -400,8 +408,13 @@ def build_app(config: ServeConfig, name: str = "xdr"):
             max_ongoing_requests=inner_limit, ray_actor_options=replicas,
         ).bind(encoder_arg, config.encoder_batch_size, config.encoder_batch_wait_s)
     in_router = shards_fit_router(config, manifest)
-    shards = ({"index_root": config.index, "storage": storage_dict, "cache_dir": config.cache_dir} if in_router
-              else {"app": shards_app_name(name, version), "count": len(manifest["shards"])})
+    shards: dict | list
+    if in_router:
+        shards = {"index_root": config.index, "storage": storage_dict, "cache_dir": config.cache_dir}
+    elif shards_inside:
+        shards = _shard_deployments(config, manifest, suffix=f"-{version}")
+    else:
+        shards = {"app": shards_app_name(name, version), "count": len(manifest["shards"])}
     info = {"index": config.index, "version": version, "factory": manifest["factory"], "dim": manifest["dim"],
             "vectors": manifest["vectors"], "shards": len(manifest["shards"]), "nprobe": manifest["nprobe"],
             "shard_placement": "router" if in_router else "deployments",
@@ -421,16 +434,10 @@ def build_app(config: ServeConfig, name: str = "xdr"):
 
 
 def app_builder(args: dict[str, Any]):
-    """Entry point for `serve deploy` / `serve run`: the application's `args` are a ServeConfig (and, with
-    the "deployments" placement, `app_name`, the name the Router application is deployed under)."""
-    args = dict(args)
-    name = args.pop("app_name", "xdr")
-    return build_app(ServeConfig.model_validate(args), name)
-
-
-def shards_builder(args: dict[str, Any]):
-    """Entry point for the shards application of the "deployments" placement (cluster/serve_config.yaml)."""
-    return build_shards_app(ServeConfig.model_validate(args))
+    """Entry point for `serve deploy` / `serve run`: the application's `args` are a ServeConfig. The shard
+    deployments, when used, are in the same application (a YAML names one application); `xdr serve-switch`
+    then moves it to another index as it moves `xdr serve`'s."""
+    return build_app(ServeConfig.model_validate(args), shards_inside=True)
 
 
 def _uses_shard_deployments(config: ServeConfig) -> bool:

@@ -79,7 +79,7 @@ def test_the_refresh_measures_drift_and_advises_a_rebuild_past_max_drift(first, 
     assert "rebuild this index in full" in caplog.text
 
     # the ratio, worked out here with numpy: each vector's list is its highest-inner-product centroid; the
-    # samples are whole runs (12,000 vectors each, under the 20,000 asked for)
+    # samples are whole runs (12,000 vectors each, under the 20,000 asked for, whatever the seed)
     index = faiss.read_index(str(root / "index-v1" / "trained.faissindex"))
     ivf = faiss.extract_index_ivf(index)
     centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)

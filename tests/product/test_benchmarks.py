@@ -184,3 +184,29 @@ def test_serve_profile_runs_on_the_demo_index(tmp_path, serve_work):
     assert level["qps"] > 0 and level["cpu_ms_per_request"]["Router replica"] > 0
     assert level["router_work"] and level["router_work"].get("encode", 0) > 0
     assert abs(sum(level["router_work"].values()) - 1) < 0.01
+
+
+@pytest.mark.slow
+def test_reindex_benchmark_runs_in_tiny_mode_and_the_reuse_run_equals_the_full_run(tmp_path):
+    """bench_reindex.py --tiny: version 1, version 2 in full and with reuse (its outputs equal the full run's,
+    byte for byte), and version 2's index rebuilt and refreshed on version 1's quantizer."""
+    import pyarrow.parquet as pq
+
+    out, work = tmp_path / "reindex.json", tmp_path / "work"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_reindex.py"), "--tiny", "--workdir",
+                           str(work), "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["checks"] == {"reuse_equals_full": True}
+    old, new = ({r["id"]: (r["title"], r["text"]) for r in pq.read_table(work / run / "passages").to_pylist()}
+                for run in ("run-v1", "run-full"))
+    recomputed = sum(1 for pid, content in new.items() if old.get(pid) != content)  # changed and added
+    reuse = result["index"]["reuse"]
+    assert reuse["counts"]["passages_generated"] == reuse["counts"]["passages_encoded"] == recomputed
+    assert reuse["reuse"]["dropped"] == sum(1 for pid in old if pid not in new) > 0
+    assert result["summary"]["model_calls_ratio"] == round(recomputed / len(new), 4) < 0.07
+    rebuild, refresh = result["build"]["rebuild"], result["build"]["refresh"]
+    assert refresh["refresh"]["rebuild_advised"] is False
+    assert refresh["timings"]["train_s"] < rebuild["timings"]["train_s"]  # no k-means
+    assert refresh["recall_at_10"] >= rebuild["recall_at_10"] - 0.05 and rebuild["recall_at_10"] > 0.3
+    assert "| reuse run |" in done.stdout and "| refresh |" in done.stdout

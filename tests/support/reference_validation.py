@@ -3,6 +3,7 @@ process, every id in one dict. Kept as the oracle the parallel validation must e
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import pyarrow as pa
@@ -34,7 +35,9 @@ def single_reader_parts(storage: Storage, config: CorpusConfig, run_uri: str) ->
             counts["rows_read"] += 1
             passage, reason = validator.check(row)
             if passage is not None:
-                passages.append(passage)
+                # the digest column, worked out here with hashlib (what xdr.io.schemas.passage_digest must equal)
+                title_text = f"{passage['title']}\x1f{passage['text']}".encode()
+                passages.append({**passage, "digest": hashlib.blake2b(title_text, digest_size=16).digest()})
                 counts["passages"] += 1
                 if len(passages) == config.passages_per_part:
                     flush()

@@ -41,16 +41,24 @@ def train(storage: Storage, config: IndexBuildConfig, rows_per_part: list[int]) 
     dim = _dim(storage, config.run)
     factory = config.factory or steps.default_factory(total, dim)
     sample_size = steps.train_sample_size(total, factory, config.train_sample)
-    sample = steps.read_sample(storage, config.run, rows_per_part, sample_size, config.seed)
     if storage.exists(layout.trained):
         index = steps.from_bytes(storage.read_bytes(layout.trained))
     else:
         start = time.perf_counter()
+        sample = steps.read_sample(storage, config.run, rows_per_part, sample_size, config.seed)
         index = steps.train_index(factory, sample, seed=config.seed, use_gpu=config.use_gpu)
         storage.write_bytes(layout.trained, steps.to_bytes(index))
         log.info("trained %s on %d vectors in %.1fs", factory, len(sample), time.perf_counter() - start)
     return {"factory": factory, "dim": dim, "nlist": steps.nlist_of(factory), "train_sample": sample_size,
-            "faiss_gpus": steps.faiss_gpus(), "quantizer_fit": steps.quantizer_fit(index, sample)}
+            "faiss_gpus": steps.faiss_gpus(),
+            "quantizer_fit": _fit(storage, index, config.run, rows_per_part, sample_size, config.seed)}
+
+
+def _fit(storage: Storage, index, run: str, rows_per_part: list[int], sample_size: int, seed: int) -> dict:
+    """The quantizer's fit to a run, on a sample drawn with another seed than the training sample's: k-means
+    fits its own training points better than any others, so a refresh's new vectors are compared with other
+    vectors of the original run, drawn the same way."""
+    return steps.quantizer_fit(index, steps.read_sample(storage, run, rows_per_part, sample_size, seed + 1))
 
 
 def _dim(storage: Storage, run: str) -> int:
@@ -78,14 +86,14 @@ def refresh_quantizer(storage: Storage, config: IndexBuildConfig, rows_per_part:
     if not storage.exists(layout.trained):
         storage.write_bytes(layout.trained, storage.read_bytes(source.trained))
     index = steps.from_bytes(storage.read_bytes(layout.trained))
-    sample = steps.read_sample(storage, config.run, rows_per_part, original["train_sample"], config.seed)
-    now, then = steps.quantizer_fit(index, sample), original.get("quantizer_fit")
-    if then is None:  # an index built before the fit was recorded: measure its own training sample again
+    seed = original["config"]["seed"]
+    now, then = _fit(storage, index, config.run, rows_per_part, original["train_sample"], seed), original.get(
+        "quantizer_fit")
+    if then is None:  # an index built before the fit was recorded: measure it on its run now
         old_run = original["source_run"]
         old_rows = [storage.parquet_rows(RunLayout(old_run).part("embeddings", p))
                     for p in range(read_manifest(storage, old_run)["counts"]["parts"])]
-        then = steps.quantizer_fit(index, steps.read_sample(storage, old_run, old_rows, original["train_sample"],
-                                                            original["config"]["seed"]))
+        then = _fit(storage, index, old_run, old_rows, original["train_sample"], seed)
     drift = {"residual_ratio": round(now["mean_residual"] / then["mean_residual"], 4),
              "imbalance_ratio": round(now["imbalance"] / then["imbalance"], 4)}
     drift["rebuild_advised"] = drift["residual_ratio"] > config.max_drift

@@ -35,7 +35,9 @@ def write_run(storage: Storage, run_uri: str, vectors: np.ndarray, *, part_size:
         part_ids = ids[chunk]
         storage.write_table(layout.part("passages", part), pa.table(
             {"id": part_ids, "title": [""] * len(part_ids), "text": [text_of(i) for i in part_ids],
-             "lang": ["en"] * len(part_ids)}, schema=schemas.PASSAGES))
+             "lang": ["en"] * len(part_ids), "digest": schemas.digests([""] * len(part_ids),
+                                                                       [text_of(i) for i in part_ids])},
+            schema=schemas.PASSAGES))
         storage.write_table(layout.part("embeddings", part), pa.table({
             "id": part_ids,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[chunk].reshape(-1)), dim),

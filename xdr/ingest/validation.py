@@ -257,7 +257,9 @@ class UnitCut:
 def _part_tables(rows: pa.Table, source: str, line_offset: int) -> tuple[pa.Table, pa.Table]:
     """Staged rows (duplicates already marked) -> the passages and rejects tables they make."""
     valid = pc.is_null(rows["reason"])
-    passages = rows.filter(valid).select(["id", "title", "text", "lang"]).cast(schemas.PASSAGES)
+    passages = rows.filter(valid).select(["id", "title", "text", "lang"])
+    passages = passages.append_column("digest", schemas.digests(passages["title"].to_pylist(),
+                                                                passages["text"].to_pylist())).cast(schemas.PASSAGES)
     bad = rows.filter(pc.invert(valid))
     rejects = pa.table({"source": pa.array([source] * bad.num_rows, pa.string()),
                         "line": pc.add(bad["line"], line_offset), "reason": bad["reason"],

@@ -167,6 +167,11 @@ class Storage:
         fs, path = self.filesystem(uri)
         return pq.read_table(path, filesystem=fs, columns=columns)
 
+    def read_schema(self, uri: str) -> pa.Schema:
+        """A Parquet file's schema, from its footer."""
+        fs, path = self.filesystem(uri)
+        return pq.read_schema(path, filesystem=fs)
+
     def parquet_rows(self, uri: str) -> int:
         """Row count of a Parquet file, from its footer."""
         fs, path = self.filesystem(uri)

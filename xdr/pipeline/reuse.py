@@ -17,7 +17,6 @@ Passages are matched by id, not by digest alone: the generator's random draws ar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ import pyarrow.compute as pc
 
 from xdr.config import IndexingJobConfig
 from xdr.executor import Executor, LocalExecutor
+from xdr.io import schemas
 from xdr.io.layout import RunLayout
 from xdr.io.manifest import describe_model, output_settings, read_manifest
 from xdr.io.partitioned import partition_of, read_groups, write_partitioned
@@ -44,10 +44,6 @@ KEYS_PER_PARTITION = 500_000  # a match task holds about this many keys of this 
 
 _QUERY_SECTIONS = ("generator",)
 _EMBEDDING_SECTIONS = ("generator", "encoder", "fusion", "embedding_dtype")
-
-
-def passage_digest(title: str, text: str) -> bytes:
-    return hashlib.blake2b(f"{title}\x1f{text}".encode(), digest_size=16).digest()
 
 
 @dataclass(frozen=True)
@@ -127,11 +123,17 @@ def matches_uri(run_uri: str, partition: int) -> str:
 
 # --- the steps ----------------------------------------------------------------------------------------
 def write_keys(storage: Storage, run_uri: str, part: int, partitions: int, out_uri: str) -> list[int]:
-    """A part's passage keys by hash partition of the id; returns the keys in each partition."""
-    passages = storage.read_table(RunLayout(run_uri).part("passages", part), columns=["id", "title", "text"])
+    """A part's passage keys by hash partition of the id; returns the keys in each partition. The digests are
+    read from the part (written by validation), or worked out from title and text for a run written before."""
+    uri = RunLayout(run_uri).part("passages", part)
+    if "digest" in storage.read_schema(uri).names:
+        passages = storage.read_table(uri, columns=["id", "digest"])
+        digests = passages["digest"]
+    else:
+        passages = storage.read_table(uri, columns=["id", "title", "text"])
+        digests = schemas.digests(passages["title"].to_pylist(), passages["text"].to_pylist())
     ids = passages["id"].to_pylist()
-    digests = [passage_digest(t, x) for t, x in zip(passages["title"].to_pylist(), passages["text"].to_pylist())]
-    table = pa.table({"id": passages["id"], "digest": pa.array(digests, pa.binary(16)),
+    table = pa.table({"id": passages["id"], "digest": digests,
                       "part": pa.array(np.full(len(ids), part, np.int32)),
                       "row": pa.array(np.arange(len(ids), dtype=np.int32))}, schema=KEYS)
     return write_partitioned(storage, out_uri, table, partition_of(ids, partitions), partitions, KEYS)

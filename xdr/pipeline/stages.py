@@ -72,9 +72,11 @@ class GenerateQueriesStage:
         todo = _rows_except(passages.num_rows, plan.rows())
         generated = pa.Table.from_pylist(self.generator.generate(passages.take(todo).to_pylist()) if len(todo) else [],
                                          schema=schemas.QUERIES)
-        owner = pc.index_in(generated["passage_id"], value_set=passages["id"]).cast(pa.int64())
-        queries = in_row_order([plan.copy("queries", passages["id"]), generated.append_column("_row", owner)],
-                               schemas.QUERIES)
+        queries = generated
+        if len(todo) < passages.num_rows:  # some rows' queries come from an earlier run: merge in row order
+            owner = pc.index_in(generated["passage_id"], value_set=passages["id"]).cast(pa.int64())
+            queries = in_row_order([plan.copy("queries", passages["id"]), generated.append_column("_row", owner)],
+                                   schemas.QUERIES)
         record = self.storage.write_table(out_uri, queries)
         return _summary("queries", part, record, queries.num_rows, time.perf_counter() - start, False,
                         passages_generated=len(todo))
@@ -120,8 +122,10 @@ class EmbedPartStage:
         plan = ReusePlan(self.storage, self.config, part)
         todo = _rows_except(passages.num_rows, plan.rows(embeddings=True))
         computed, queries_encoded = self._embed(part, passages.take(todo), passages["id"])
-        table = in_row_order([plan.copy("embeddings", passages["id"], embeddings=True),
-                              computed.append_column("_row", pa.array(todo, pa.int64()))], self.schema)
+        table = computed
+        if len(todo) < passages.num_rows:  # some rows' embeddings come from an earlier run
+            table = in_row_order([plan.copy("embeddings", passages["id"], embeddings=True),
+                                  computed.append_column("_row", pa.array(todo, pa.int64()))], self.schema)
         record = self.storage.write_table(out_uri, table)
         n_queries = table["n_queries"].to_numpy()
         return _summary("embeddings", part, record, table.num_rows, time.perf_counter() - start, False,
