@@ -208,8 +208,9 @@ class IndexBuildConfig(_Section):
         "reuses instead of training: a refresh for a new corpus version costs the add and merge only. The build "
         "measures how far the new vectors drifted from it and advises a full rebuild past `max_drift`.")
     max_drift: float = Field(
-        1.10, gt=1, description="With quantizer_from: the largest ratio of the new sample's mean squared distance "
-        "to its nearest centroid over the original training sample's before the build advises a full rebuild.")
+        1.10, gt=1, description="With quantizer_from: the largest ratio of the new vectors' mean squared distance "
+        "to their list's centroid over the original run's (samples apart from the training sample) before the build "
+        "advises a full rebuild.")
     use_gpu: bool = Field(
         False, description="k-means and the adds' list assignment on GPUs: the train and add tasks take a GPU each "
         "and faiss uses it when it is a GPU build (`pip install xdr[gpu]`, as the cluster image). A cluster without "

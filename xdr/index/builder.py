@@ -99,8 +99,8 @@ def refresh_quantizer(storage: Storage, config: IndexBuildConfig, rows_per_part:
     drift["rebuild_advised"] = drift["residual_ratio"] > config.max_drift
     if drift["rebuild_advised"]:
         log.warning("the new vectors drifted from the reused quantizer: their mean squared distance to a centroid "
-                    "is %.2fx the original training sample's (max_drift %.2f); recall will suffer, rebuild this "
-                    "index in full (leave quantizer_from out)", drift["residual_ratio"], config.max_drift)
+                    "is %.2fx the original run's (max_drift %.2f); recall will suffer, rebuild this index in full "
+                    "(leave quantizer_from out)", drift["residual_ratio"], config.max_drift)
     else:
         log.info("reused the quantizer of %s: drift %.3fx in distance to centroids, %.3fx in list imbalance",
                  config.quantizer_from, drift["residual_ratio"], drift["imbalance_ratio"])
