@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.passages import checked_without_digest
 from xdr.config import CorpusConfig
 from xdr.ingest.corpus import reason_kind
 from xdr.ingest.validation import validate_corpus
@@ -20,7 +21,7 @@ from xdr.io.storage import Storage
 def _prepare(tmp_path, path, **kw):
     run = tmp_path / "run"
     summary = validate_corpus(Storage(), CorpusConfig(path=str(path), **{"max_reject_fraction": 1.0, **kw}), str(run))
-    passages = pq.read_table(run / "passages").to_pylist()
+    passages = checked_without_digest(pq.read_table(run / "passages").to_pylist())
     rejects = pq.read_table(run / "rejects").to_pylist()
     assert summary.rows_read == summary.passages + summary.rejects == len(passages) + len(rejects)
     return passages, {r["line"]: r["reason"] for r in rejects}, summary
