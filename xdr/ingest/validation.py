@@ -54,10 +54,11 @@ from xdr.uris import join
 
 log = logging.getLogger("xdr.ingest.validation")
 
-# A unit's rows as staged: the passage fields of valid rows, the reason of rejects, the excerpt of both
-# (a valid row can still turn out to be a duplicate). `line` counts from the unit's first line.
+# A unit's rows as staged: the passage fields (and digest) of valid rows, the reason of rejects, the excerpt of
+# both (a valid row can still turn out to be a duplicate). `line` counts from the unit's first line.
 STAGED = pa.schema([("line", pa.int64()), ("id", pa.string()), ("title", pa.string()), ("text", pa.string()),
-                    ("lang", pa.string()), ("reason", pa.string()), ("excerpt", pa.string())])
+                    ("lang", pa.string()), ("digest", pa.binary(16)), ("reason", pa.string()),
+                    ("excerpt", pa.string())])
 IDS = pa.schema([("id", pa.string()), ("order", pa.int64()), ("line", pa.int64())])
 DUPLICATES = pa.schema([("row", pa.int64()), ("reason", pa.string())])
 _ROW_BITS = 32  # order = unit << 32 | row: corpus order as one integer
@@ -169,6 +170,8 @@ def _staged_rows(storage: Storage, config: CorpusConfig, unit: InputUnit, count:
     for row in iter_raw_rows(storage, unit.uri, unit.fmt, max_line_bytes=config.max_line_bytes, start=unit.start,
                              end=unit.end, count=count):
         passage, reason = validator.check(row)
+        if passage is not None:  # digested here, where the row is at hand (xdr.pipeline.reuse reads it)
+            passage["digest"] = schemas.passage_digest(passage["title"], passage["text"])
         yield {"line": row.line, **(passage or {}), "reason": reason, "excerpt": row.excerpt}
 
 
@@ -257,9 +260,7 @@ class UnitCut:
 def _part_tables(rows: pa.Table, source: str, line_offset: int) -> tuple[pa.Table, pa.Table]:
     """Staged rows (duplicates already marked) -> the passages and rejects tables they make."""
     valid = pc.is_null(rows["reason"])
-    passages = rows.filter(valid).select(["id", "title", "text", "lang"])
-    passages = passages.append_column("digest", schemas.digests(passages["title"].to_pylist(),
-                                                                passages["text"].to_pylist())).cast(schemas.PASSAGES)
+    passages = rows.filter(valid).select(schemas.PASSAGES.names).cast(schemas.PASSAGES)
     bad = rows.filter(pc.invert(valid))
     rejects = pa.table({"source": pa.array([source] * bad.num_rows, pa.string()),
                         "line": pc.add(bad["line"], line_offset), "reason": bad["reason"],
