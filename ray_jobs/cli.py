@@ -118,7 +118,7 @@ def all_config_references() -> str:
     return "\n\n".join(f"### {title}\n\n{config_reference(model)}" for title, model in (
         ("Indexing job (`xdr index`, `ray_jobs.index_corpus`)", IndexingJobConfig),
         ("Index build job (`xdr build-index`, `ray_jobs.build_index`)", IndexBuildConfig),
-        ("Search endpoint (`xdr serve`, `ray_jobs.serve_app:app_builder`)", ServeConfig),
+        ("Search endpoint (`xdr serve`, `xdr serve-switch`, `ray_jobs.serve_app:app_builder`)", ServeConfig),
         ("Encoder training job (`xdr train-encoder`, `ray_jobs.train_encoder`)", TrainEncoderConfig),
         ("Generator training job (`xdr train-generator`, `ray_jobs.train_generator`)", TrainGeneratorConfig),
         ("Training data source (each item of `train` and `validation`)", TrainDataConfig),
