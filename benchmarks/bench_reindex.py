@@ -3,7 +3,7 @@ full run and a full rebuild, side by side on one machine, with the benchmark sta
 
     python benchmarks/bench_reindex.py --passages 1000000 --workdir /tmp/xdr-reindex \\
         --json docs/results/data/bench-reindex-2026-12-02.json
-    python benchmarks/bench_reindex.py --tiny        # 10,000 passages, about two minutes: what the tests run
+    python benchmarks/bench_reindex.py --tiny        # 5,000 passages, about two minutes: what the tests run
 
 1. Version 1 of a synthetic corpus (benchmarks/synthetic_corpus.py, as the scale benchmark's), and version 2
    made from it: 3 % of the passages edited, 2 % added, 1 % removed, 1 % moved to another file.
@@ -41,6 +41,7 @@ from benchmarks.synthetic_corpus import write_corpus, write_next_version  # noqa
 REUSE_TASKS = ("write_keys", "match_partition", "write_plan")
 STAGE_ACTORS = ("GenerateQueriesStage", "EmbedPartStage")
 PAPER_MODEL_MS = 3.27  # predicted GPU-ms a passage for the paper's recipe (docs/results/benchmarks.md)
+JOB_OPTIONS: list[str] = []  # --address=... : every job joins that Ray (the tests'), instead of a fresh local one
 
 
 LANGUAGES = ["fi", "ar", "ja", "ko", "ru", "te", "bn"]
@@ -69,7 +70,8 @@ def index_run(name: str, corpus: Path, workdir: Path, part_size: int, queries: t
     run = workdir / f"run-{name}"
     config_path = workdir / f"index-{name}.yaml"
     config_path.write_text(yaml.safe_dump(_index_config(corpus, run, part_size, reuse_from, queries)))
-    report, seconds, _ = _run_job(["ray_jobs.index_corpus", "--config", str(config_path)], workdir / f"log-{name}.txt")
+    report, seconds, _ = _run_job(["ray_jobs.index_corpus", "--config", str(config_path), *JOB_OPTIONS],
+                                  workdir / f"log-{name}.txt")
     manifest = json.loads((run / "manifest.json").read_text())
     return {"wall_s": round(seconds, 1), "cpu_total_s": round(sum(report["cpu_s"].values()), 1),
             "cpu_reuse_tasks_s": _cpu(report, REUSE_TASKS), "cpu_stage_actors_s": _cpu(report, STAGE_ACTORS),
@@ -110,7 +112,7 @@ def build(name: str, run: Path, workdir: Path, factory: str, shards: int, nprobe
     index = workdir / f"index-{name}"
     command = ["ray_jobs.build_index", f"--run={run}", f"--output={index}", f"--shards={shards}", f"--nprobe={nprobe}"]
     command += [f"--quantizer_from={quantizer_from}"] if quantizer_from else [f"--factory={factory}"]
-    report, seconds, _ = _run_job(command, workdir / f"log-build-{name}.txt")
+    report, seconds, _ = _run_job(command + JOB_OPTIONS, workdir / f"log-build-{name}.txt")
     manifest = json.loads((index / "manifest.json").read_text())
     return {"wall_s": round(seconds, 1), "cpu_total_s": round(sum(report["cpu_s"].values()), 1),
             "timings": manifest["timings"], "vectors": manifest["vectors"], "refresh": manifest.get("refresh"),
@@ -206,17 +208,22 @@ def main() -> None:
     parser.add_argument("--languages", type=int, default=1, choices=range(1, len(LANGUAGES) + 1),
                         help="languages the stand-in generator writes for (7 x 5 = the paper's 35 queries)")
     parser.add_argument("--queries-per-language", type=int, default=1)
-    parser.add_argument("--tiny", action="store_true", help="10,000 passages, 2 files, IVF32,PQ8np, 100 questions")
+    parser.add_argument("--address", help="run every job on this Ray cluster (the CPU figures then miss its workers)")
+    parser.add_argument("--tiny", action="store_true", help="5,000 passages, 2 files, parts of 500, IVF16,PQ8np, "
+                        "100 questions")
     args = parser.parse_args()
     if args.tiny:
-        args.passages, args.files, args.factory, args.questions = 10_000, 2, "IVF32,PQ8np", 100
+        args.passages, args.files, args.factory, args.questions = 5_000, 2, "IVF16,PQ8np", 100
+    if args.address:
+        JOB_OPTIONS.append(f"--address={args.address}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="xdr-bench-reindex-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    part_size = 1_000 if args.passages <= 20_000 else 10_000
+    part_size = 500 if args.tiny else 1_000 if args.passages <= 20_000 else 10_000
     results: dict = {"machine": f"{platform.machine()}, {psutil.cpu_count()} CPUs, "
                                 f"{psutil.virtual_memory().total / 2**30:.0f} GiB", "date": time.strftime("%Y-%m-%d"),
                      "encoder": ENCODER, "generator": GENERATOR, "passages": args.passages, "factory": args.factory,
-                     "nprobe": args.nprobe, "tiny": args.tiny, "languages": args.languages,
+                     "nprobe": args.nprobe, "tiny": args.tiny, "shared_ray": bool(args.address),
+                     "languages": args.languages,
                      "queries_per_language": args.queries_per_language, "index": {}, "build": {}}
     queries = (args.languages, args.queries_per_language)
 

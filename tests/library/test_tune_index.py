@@ -130,8 +130,14 @@ def test_lareqa_points_equal_xdr_evaluate_lareqa():
     exact = evalset.score([[evalset.doc_ids[r] for r in row] for row in rows.tolist()], scores)
     point = tune.measure_factory("Flat", docs, [len(docs)], queries, evalset, exact, [1], "float32")[0]
     expected = lareqa_evaluate(data, encoder, k=100)["multi"]
+    got = point["per_language"]["mAP@100"]
+    # faiss scores in float32 and the evaluation in numpy: two candidates a rounding apart can swap ranks
+    # (seen 2026-12-02: one swap in hi, -1.2e-4, with every other language equal to the last digit); a
+    # defect (another cut-off, another metric) moves every language, by far more
+    exact = [lang for lang in data.languages if got[lang] == pytest.approx(expected[lang], abs=1e-9)]
+    assert len(exact) >= len(data.languages) - 2, {lang: got[lang] - expected[lang] for lang in data.languages}
     for lang in data.languages:
-        assert point["per_language"]["mAP@100"][lang] == pytest.approx(expected[lang], abs=1e-6), lang
+        assert got[lang] == pytest.approx(expected[lang], abs=5e-4), lang
 
 
 SAMPLE_TOPICS = {"t1": ("Which volcano is the highest mountain in Africa?", {"demo-000": 1}),

@@ -187,14 +187,16 @@ def test_serve_profile_runs_on_the_demo_index(tmp_path, serve_work):
 
 
 @pytest.mark.slow
-def test_reindex_benchmark_runs_in_tiny_mode_and_the_reuse_run_equals_the_full_run(tmp_path):
+def test_reindex_benchmark_runs_in_tiny_mode_and_the_reuse_run_equals_the_full_run(tmp_path, ray_local):
     """bench_reindex.py --tiny: version 1, version 2 in full and with reuse (its outputs equal the full run's,
-    byte for byte), and version 2's index rebuilt and refreshed on version 1's quantizer."""
+    byte for byte), and version 2's index rebuilt and refreshed on version 1's quantizer. Its six jobs join
+    this session's Ray (--address) rather than start one each."""
     import pyarrow.parquet as pq
 
     out, work = tmp_path / "reindex.json", tmp_path / "work"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_reindex.py"), "--tiny", "--workdir",
-                           str(work), "--json", str(out)], capture_output=True, text=True, timeout=900)
+                           str(work), "--json", str(out), "--address", ray_local.get_runtime_context().gcs_address],
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["checks"] == {"reuse_equals_full": True}
@@ -204,7 +206,7 @@ def test_reindex_benchmark_runs_in_tiny_mode_and_the_reuse_run_equals_the_full_r
     reuse = result["index"]["reuse"]
     assert reuse["counts"]["passages_generated"] == reuse["counts"]["passages_encoded"] == recomputed
     assert reuse["reuse"]["dropped"] == sum(1 for pid in old if pid not in new) > 0
-    assert result["summary"]["model_calls_ratio"] == round(recomputed / len(new), 4) < 0.07
+    assert result["summary"]["model_calls_ratio"] == round(recomputed / len(new), 4) < 0.08
     rebuild, refresh = result["build"]["rebuild"], result["build"]["refresh"]
     assert refresh["refresh"]["rebuild_advised"] is False
     assert refresh["timings"]["train_s"] < rebuild["timings"]["train_s"]  # no k-means
