@@ -55,6 +55,7 @@ class ReuseSource:
     embeddings: bool
     parts: int
     differs: list[str] = field(default_factory=list)  # the settings that keep it from giving more
+    passages: int = 0
 
     def describe(self) -> str:
         gives = "queries and embeddings" if self.embeddings else "queries" if self.queries else "nothing"
@@ -102,7 +103,8 @@ def reuse_sources(storage: Storage, config: IndexingJobConfig) -> list[ReuseSour
         if manifest.get("config", {}).get("queries_from"):
             differs.append("queries_from (its queries came from another run)")
         queries = not any(d.startswith(("generator", "queries_from")) for d in differs)
-        sources.append(ReuseSource(run, queries, queries and not differs, int(manifest["counts"]["parts"]), differs))
+        sources.append(ReuseSource(run, queries, queries and not differs, int(manifest["counts"]["parts"]), differs,
+                                   int(manifest["counts"]["passages"])))
     return sources
 
 
@@ -212,7 +214,7 @@ def prepare_reuse(storage: Storage, config: IndexingJobConfig, passages_per_part
     summary = ReuseSummary(sources, passages=sum(passages_per_part), added=sum(passages_per_part))
     if usable:
         storage.remove_tree(_staging(run))  # whatever a killed attempt staged
-        source_passages = sum(read_manifest(storage, s.run)["counts"]["passages"] for _, s in usable)
+        source_passages = sum(s.passages for _, s in usable)
         summary.partitions = partitions = _partitions(summary.passages + source_passages)
         jobs = [(run, None, p) for p in range(parts)] + [(s.run, i, p) for i, s in usable for p in range(s.parts)]
         say(f"reuse: digesting {summary.passages:,} passages of this run and {source_passages:,} of "
