@@ -276,11 +276,15 @@ _node_died = threading.Event()
 
 
 # A process that outlives the driver: it reads until the driver's end of the pipe closes. The driver writes
-# "done" when it ends by its own code; anything else (Ray's core worker ending it from C++) with the node's
-# raylet gone means the node died under the job, and this process says so on the job's stderr.
+# "done" when it ends by its own code; anything else (Ray's core worker ending it from C++) followed by the
+# node's raylet exiting means the node died under the job, and this process says so on the job's stderr.
+# The core worker ends the driver as soon as the raylet lets go of it, which can be seconds before the
+# raylet's own exit (seen in CI: 12 s of object recovery, then the driver gone with the raylet still up), so
+# the raylet is given `grace_s` to exit. A driver that dies with its raylet still running says nothing here.
 _LAST_WORD = """
-import os, sys
+import os, sys, time
 said = sys.stdin.buffer.read()
+raylet, message, grace_s = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -291,9 +295,23 @@ def alive(pid):
             return True
         except OSError:
             return False
-if said != b"done" and not alive(int(sys.argv[1])):
-    print("error: " + sys.argv[2], file=sys.stderr, flush=True)
+if said != b"done":
+    deadline = time.monotonic() + grace_s
+    while alive(raylet) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not alive(raylet):
+        print("error: " + message, file=sys.stderr, flush=True)
 """
+RAYLET_EXIT_GRACE_S = 60.0
+
+
+def start_last_word(raylet_pid: int, grace_s: float = RAYLET_EXIT_GRACE_S):
+    """The process that says NODE_DIED on stderr if this driver ends without writing "done" to its stdin
+    and the raylet `raylet_pid` exits within `grace_s` of that."""
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c", _LAST_WORD, str(raylet_pid), NODE_DIED, str(grace_s)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
 
 class LocalNodeWatch:
@@ -303,8 +321,6 @@ class LocalNodeWatch:
     when the core worker is faster, a small process that outlives the driver says it instead."""
 
     def __init__(self, interval_s: float = 0.1):
-        import subprocess
-
         from ray._private import ray_constants, worker
 
         node = worker._global_node
@@ -313,8 +329,7 @@ class LocalNodeWatch:
         self.interval_s, self._stop = interval_s, threading.Event()
         self.last_word = None
         if self.raylet is not None:
-            self.last_word = subprocess.Popen([sys.executable, "-c", _LAST_WORD, str(self.raylet.pid), NODE_DIED],
-                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            self.last_word = start_last_word(self.raylet.pid)
             threading.Thread(target=self._watch, args=(self.raylet,), daemon=True, name="xdr-node-watch").start()
 
     def _watch(self, raylet) -> None:

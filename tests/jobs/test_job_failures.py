@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ray_jobs.common import free_port
+from ray_jobs.common import NODE_DIED, free_port
 from tests.support.jobs import processes_left, session_processes
 from tests.support.paths import REPO
 
@@ -45,9 +45,7 @@ def _stop_with_sigterm(proc: subprocess.Popen, output) -> str:
     """SIGTERM to a running job's driver: it exits with 130 within 15 s, says so, and leaves no process of its
     session behind. Returns what it printed (`output()`, read once it has exited)."""
     proc.send_signal(signal.SIGTERM)
-    stopped = time.monotonic()
-    proc.wait(timeout=15)
-    assert time.monotonic() - stopped < 15
+    proc.wait(timeout=15)  # raises when the job is still running then
     said = output()
     assert proc.returncode == 130 and "stopped (SIGTERM)" in said, said[-3000:]
     left = processes_left(proc.pid)
@@ -200,6 +198,37 @@ def test_waiting_on_tasks_that_make_no_progress_says_so_on_the_driver(ray_local,
         assert [ray.get(ref) for ref in as_finished([slow], "add", stall_s=0.4)] == [7]
     said = [r.getMessage() for r in caplog.records if "no progress" in r.getMessage()]
     assert said and said[0].startswith("[add] no progress for") and "workers' logs: " in said[0], said
+
+
+def _driver_with_last_word(raylet_pid: int, grace_s: float, ends_by_its_own_code: bool) -> str:
+    """A driver process that starts the last word and exits (saying "done" or not); its stderr, which is
+    read to the end, so including what the last word says after the driver is gone."""
+
+    code = ("import sys; from ray_jobs.common import start_last_word; "
+            "word = start_last_word(int(sys.argv[1]), float(sys.argv[2]))\n"
+            "if sys.argv[3] == 'done': word.stdin.write(b'done'); word.stdin.close()")
+    ran = subprocess.run([sys.executable, "-c", code, str(raylet_pid), str(grace_s),
+                          "done" if ends_by_its_own_code else "killed"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    return ran.stderr
+
+
+def test_the_last_word_says_the_node_died_when_the_raylet_exits_after_the_driver():
+    """Seen in CI: the core worker ended the driver while the raylet was still shutting down; the last word
+    must wait for the raylet, say nothing when the driver ended by its own code, and nothing when the
+    raylet outlives the driver (a driver killed for another reason)."""
+    raylet = subprocess.Popen(["sleep", "1.5"])  # still up when the driver goes, gone 1.5 s later
+    assert _driver_with_last_word(raylet.pid, 20, ends_by_its_own_code=False).splitlines()[-1:] == [f"error: {NODE_DIED}"]
+    raylet.wait()
+    raylet = subprocess.Popen(["sleep", "0.5"])
+    assert "error:" not in _driver_with_last_word(raylet.pid, 20, ends_by_its_own_code=True)
+    raylet.wait()
+    raylet = subprocess.Popen(["sleep", "30"])
+    try:
+        assert "error:" not in _driver_with_last_word(raylet.pid, 1, ends_by_its_own_code=False)
+    finally:
+        raylet.kill()
+        raylet.wait()
 
 
 @pytest.mark.slow
