@@ -25,6 +25,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from xdr.io.storage import Storage
+from xdr.train.samplers import step_seed
 from xdr.train.sources import run_name, write_training_manifest
 from xdr.uris import is_s3, join
 
@@ -85,6 +86,7 @@ def worker_loop(config, build_task: Callable[[Any, Storage, int, int], WorkerTas
     started, examples = time.perf_counter(), 0
     batches = iter(task.sampler)
     while progress["step"] < config.steps:
+        torch.manual_seed(step_seed(config.seed, progress["step"], rank))
         loss = task.step(model, optimizer, scheduler, next(batches), autocast_dtype=autocast, **task.loss_kwargs)
         progress["step"] += 1
         examples += task.examples_per_step

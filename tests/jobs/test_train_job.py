@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,8 +196,13 @@ def test_lora_and_code_switching_on_two_workers_write_a_merged_model(ray_local, 
 
 
 @pytest.mark.slow
-def test_the_driver_killed_and_rerun_resumes_without_redoing_checkpointed_steps(ray_local, tiny_models, tmp_path):
-    """The driver runs on the shared cluster, as `ray job submit` runs it: killed, Ray ends its job's workers."""
+def test_the_driver_killed_and_rerun_resumes_to_the_uninterrupted_runs_curve_and_model(ray_local, tiny_models,
+                                                                                       tmp_path):
+    """The driver runs on the shared cluster, as `ray job submit` runs it: killed, Ray ends its job's workers.
+    The rerun resumes from the checkpoint (model, optimizer, schedule, batches, dropout seeds), so its
+    validation curve and written model are those of the same run left alone."""
+    from ray_jobs.train_encoder import run_training
+
     config = _config(tiny_models, tmp_path, str(tmp_path / "run"), steps=60, num_workers=1, cpus_per_worker=1)
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
@@ -206,10 +212,28 @@ def test_the_driver_killed_and_rerun_resumes_without_redoing_checkpointed_steps(
     run_and_sigkill_when(argv, env, lambda: _registered_checkpoints(tmp_path / "run") >= 1, 300, "checkpoint")
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["steps"] == 60 and len(manifest["resumed_at"]) == 1 and manifest["resumed_at"][0] >= 10
-    assert manifest["resumed_at"][0] % 10 == 0  # from a checkpoint: no step beyond it is done twice
     assert "use it: --encoder.model=" in done.stdout
+    resumed = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    alone = run_training(config.model_copy(update={"output": str(tmp_path / "alone")}))
+
+    assert alone["resumed_at"] == [] and len(resumed["resumed_at"]) == 1
+    assert resumed["resumed_at"][0] in (10, 20, 30, 40, 50)  # from a checkpoint: no step beyond it is done twice
+    assert resumed["steps"] == alone["steps"] == 60
+    steps, losses = zip(*resumed["val_losses"])
+    alone_steps, alone_losses = zip(*alone["val_losses"])
+    assert list(steps) == list(alone_steps) == [10, 20, 30, 40, 50, 60]  # each validation once, in order
+    np.testing.assert_allclose(losses, alone_losses, rtol=1e-4)
+    assert resumed["best_step"] == alone["best_step"] and min(alone_losses) < 0.8 * alone_losses[0]
+    _assert_same_weights(Path(resumed["model_folder"]), Path(alone["model_folder"]))
+
+
+def _assert_same_weights(folder: Path, other: Path) -> None:
+    from safetensors.numpy import load_file
+
+    weights, others = load_file(folder / "model.safetensors"), load_file(other / "model.safetensors")
+    assert weights.keys() == others.keys()
+    for name, value in weights.items():
+        np.testing.assert_allclose(value, others[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow

@@ -46,6 +46,12 @@ def seeded_rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """torch's seed for one training step of one worker (dropout): a pure function of (seed, step, rank), so
+    a run resumed from a checkpoint draws the masks the uninterrupted run drew."""
+    return int(seeded_rng(seed, step, rank, 5).integers(2**63 - 1))
+
+
 class EpochSampler:
     """What every training sampler shares: global batches that are a pure function of (seed, epoch, batch
     number), each rank's contiguous slice of them, endless iteration and a resumable (epoch, batch) state.
