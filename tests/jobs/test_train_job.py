@@ -113,7 +113,8 @@ def test_two_workers_checkpoint_to_s3_resume_after_a_killed_worker_and_the_model
     assert manifest["steps"] == 60 and len(manifest["resumed_at"]) >= 1
     assert all(step % 10 == 0 and step > 0 for step in manifest["resumed_at"])  # from a checkpoint, not step 0
     steps, losses = zip(*manifest["val_losses"])
-    assert sorted(set(steps)) == list(range(10, 61, 10)) and min(losses) < 0.8 * losses[0], manifest["val_losses"]
+    # each validation once, in order: the restart resumed the curve from the checkpoint, not appended to it
+    assert list(steps) == list(range(10, 61, 10)) and min(losses) < 0.8 * losses[0], manifest["val_losses"]
     assert losses[list(steps).index(manifest["best_step"])] == min(losses) and manifest["examples_per_s"] > 0
     assert 0.9 * manifest["parameters"] < manifest["trainable_parameters"] < manifest["parameters"]  # all but pooler
     assert len(manifest["data_files"]) == 2 and all(len(f["sha256"]) == 64 for f in manifest["data_files"])
