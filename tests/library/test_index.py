@@ -174,8 +174,8 @@ print(loaded - before, rss().rss - loaded, sum(len(h["text"]) for h in hits))
 def test_a_replica_does_not_hold_the_text(tmp_path):
     """Two shards of 400 passages, one with 1 KiB of text a passage, one with 256 KiB (100 MB in all),
     each loaded in a fresh process and asked for 8 texts: loading costs the same whatever the text (the
-    replica held it all before), and a lookup costs a few times the text it returns (2 MB here), read
-    from the mapped file."""
+    replica held it all before), and a lookup costs a small multiple of the text it returns (2 MB here),
+    read from the mapped file, not the shard's 100 MB."""
     import subprocess
     import sys
 
@@ -196,16 +196,22 @@ def test_a_replica_does_not_hold_the_text(tmp_path):
     more_text = text_bytes[256] - text_bytes[1]
     assert more_text > 100e6
     assert load[256] - load[1] < 0.02 * more_text, (load, text_bytes)
-    assert lookup[256] < 0.25 * more_text and returned[256] > 2e6, (lookup, returned)
+    # measured 2026-12-02: 17 MB more for 2.1 MB of text (the mapped pages, Arrow's copy, Python's strings,
+    # allocator pools): 8x what is returned, a sixth of the shard's text, which a replica holding it would add
+    assert returned[256] > 2e6 and lookup[256] - lookup[1] < 12 * returned[256], (lookup, returned, text_bytes)
 
 
+CPU_FAISS_ONLY = pytest.mark.skipif(xindex.faiss_gpus() > 0, reason="the CPU fallback of use_gpu: faiss has GPUs "
+                                    "here (tests/gpu checks the GPU path)")
+
+
+@CPU_FAISS_ONLY
 @pytest.mark.parametrize("factory", ["IVF16,PQ8np", "IVF16,Flat"])
 def test_with_use_gpu_and_no_gpu_faiss_the_index_bytes_are_todays(tmp_path, factory):
     """faiss-cpu here: use_gpu trains and adds on the CPU, byte for byte what plain faiss calls write; the list
     assignment the GPU path uses (add_assigned), given the CPU quantizer, adds the same bytes as add_with_ids."""
     import faiss
 
-    assert xindex.faiss_gpus() == 0, "this test checks the CPU fallback; run it where faiss has no GPU"
     storage, run = Storage(), str(tmp_path / "run")
     vectors = clustered_vectors(6_000, 32, clusters=16, seed=2)
     write_run(storage, run, vectors, part_size=3_000)
@@ -230,6 +236,7 @@ def test_with_use_gpu_and_no_gpu_faiss_the_index_bytes_are_todays(tmp_path, fact
     assert plain.ntotal == 3_000 and xindex.to_bytes(assigned) == xindex.to_bytes(plain) == partials[0]
 
 
+@CPU_FAISS_ONLY
 def test_the_build_job_with_use_gpu_on_a_cluster_without_gpus_says_so_once_and_builds_the_same_index(
         ray_local, tmp_path, caplog):
     from ray_jobs.build_index import build_index
