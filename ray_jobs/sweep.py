@@ -54,7 +54,7 @@ def trial_result(sweep: SweepConfig, trial: xsweep.Trial, config: TrainEncoderCo
     manifest = train_encoder.run_training(config, callbacks=callbacks)
     started = time.perf_counter()
     metrics = xsweep.evaluate_model(sweep, config, manifest["model_folder"])
-    evaluation_s = round(time.perf_counter() - started, 1)
+    evaluation_s = round(time.perf_counter() - started, 3)
     training = {k: manifest[k] for k in ("run_name", "steps", "best_step", "best_val_loss", "val_losses",
                                          "parameters", "trainable_parameters", "seconds", "resumed_at")}
     result = {"trial": trial.name, "setting": trial.setting, "seed": trial.seed, "metrics": metrics,
