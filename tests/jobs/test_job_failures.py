@@ -218,7 +218,8 @@ def test_the_last_word_says_the_node_died_when_the_raylet_exits_after_the_driver
     must wait for the raylet, say nothing when the driver ended by its own code, and nothing when the
     raylet outlives the driver (a driver killed for another reason)."""
     raylet = subprocess.Popen(["sleep", "1.5"])  # still up when the driver goes, gone 1.5 s later
-    assert _driver_with_last_word(raylet.pid, 20, ends_by_its_own_code=False).splitlines()[-1:] == [f"error: {NODE_DIED}"]
+    said = _driver_with_last_word(raylet.pid, 20, ends_by_its_own_code=False)
+    assert said.splitlines()[-1:] == [f"error: {NODE_DIED}"], said
     raylet.wait()
     raylet = subprocess.Popen(["sleep", "0.5"])
     assert "error:" not in _driver_with_last_word(raylet.pid, 20, ends_by_its_own_code=True)

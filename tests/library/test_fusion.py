@@ -61,3 +61,11 @@ def test_errors_name_the_fix():
         fuse(P, Q, OWNER, alpha=0.1, mode="sum")
     with pytest.raises(ValueError, match="does not match"):
         fuse(P, Q, OWNER[:2], alpha=0.1, mode="mean")
+
+
+def test_sum_is_the_default_mode_and_the_outputs_have_their_documented_types():
+    fused, counts = fuse(P, Q, OWNER, alpha=0.3, nominal_queries=3)
+    np.testing.assert_array_equal(fused, fuse(P, Q, OWNER, alpha=0.3, mode="sum", nominal_queries=3)[0])
+    assert fused.dtype == np.float32 and counts.dtype == np.int64
+    with pytest.raises(ValueError, match="nominal_queries"):
+        fuse(P, Q, OWNER, alpha=0.3)

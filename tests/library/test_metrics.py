@@ -88,3 +88,32 @@ def test_paired_t_test_against_the_closed_form_t_distribution_with_3_df():
     assert paired_t_test([1, 2], [1, 2]).p == 1.0  # identical runs
     with pytest.raises(ValueError):
         paired_t_test([1], [2])
+
+
+def test_edges_the_hand_computed_cases_leave_out():
+    """Found by mutation testing (scripts/mutation.sh): each line fails on a changed boundary, default or
+    fallback that the cases above pass."""
+    assert average_precision([2], k=2) == 0.5  # a relevant item at rank k counts
+    with pytest.raises(ValueError, match="at least one relevant item"):
+        average_precision([])
+    assert ranks_of(np.array([[0.5, 0.9]]), [[]]) == [[]]  # a question without relevant candidates
+    # 2 of 3 hits in ar; only yes/no answers in te: no question left, 0 (not a division by zero)
+    per_language = {"ar": [(["a b"], ["a"]), (["a b"], ["b"]), (["a b"], ["c"])], "te": [(["yes"], ["Yes"])]}
+    assert xor_recall(per_language, n_tokens=10) == pytest.approx({"ar": 200 / 3, "te": 0.0, "avg": 100 / 3})
+    assert xor_recall({}, n_tokens=10) == {"avg": 0.0}
+    assert trec_metrics({}, {"q1": {"d1": 1}})[1]["RR@10"] == {"q1": 0.0}  # nothing retrieved at all
+    assert trec_metrics({}, {})[0] == {"nDCG@10": 0.0, "R@100": 0.0, "RR@10": 0.0}
+
+
+def test_paired_t_test_without_variance_and_its_bonferroni_defaults():
+    same = paired_t_test([1, 2, 3], [1, 2, 3])
+    assert (same.test, same.t, same.p, same.p_bonferroni) == ("paired two-sided t-test", 0.0, 1.0, None)
+    better, worse = paired_t_test([1, 2, 3], [2, 3, 4]), paired_t_test([2, 3, 4], [1, 2, 3])
+    assert (better.t, better.p, worse.t, worse.p) == (math.inf, 0.0, -math.inf, 0.0)  # every question +1 / -1
+    a, b = [1, 2, 3, 4], [2, 2, 4, 6]
+    p = paired_t_test(a, b).p
+    assert paired_t_test(a, b, comparisons=1).p_bonferroni is None
+    assert paired_t_test(a, b, comparisons=2).p_bonferroni == pytest.approx(2 * p)
+    assert paired_t_test(a, b, comparisons=1000).p_bonferroni == 1.0
+    with pytest.raises(ValueError, match="equal-length samples"):
+        paired_t_test([1, 2], [1, 2, 3])

@@ -143,6 +143,38 @@ def _hand_loss(scores_rows):
     return float(np.mean([-row[0] + math.log(sum(math.exp(s) for s in row)) for row in scores_rows]))
 
 
+def test_given_triplets_keep_their_own_negatives_and_are_topped_up_with_other_positives():
+    """Tevatron triplets: `negatives` of the triplet's own, drawn without repeats; a triplet with fewer gets
+    other triplets' positives (never its own)."""
+    from xdr.train.data import Triplet
+
+    triplets = [Triplet(f"q{i}", Passage("", f"pos{i % 6}"),
+                        tuple(Passage("", f"neg{i}.{k}") for k in range(3 if i else 1)), "fi", "en")
+                for i in range(16)]
+    sampler = HybridBatchSampler([triplets], batch_size=8, negatives=2, seed=4)
+    seen = [example for number in range(2) for example in sampler.global_batch(0, number)]
+    assert sorted(e.query for e in seen) == sorted(t.query for t in triplets)  # every triplet once an epoch
+    for example in seen:
+        i = int(example.query[1:])
+        texts = [n.text for n in example.negatives]
+        assert (example.kind, example.query_lang, example.passage_lang) == ("given", "fi", "en")
+        assert example.positive == triplets[i].positive and len(texts) == 2 == len(set(texts))
+        if i:
+            assert set(texts) <= {f"neg{i}.{k}" for k in range(3)}
+        else:  # one negative of its own, then a positive of another triplet, not a copy of its own
+            assert texts[0] == "neg0.0" and texts[1].startswith("pos") and texts[1] != "pos0"
+    assert sampler.global_batch(0, 1) == HybridBatchSampler([triplets], batch_size=8, negatives=2,
+                                                            seed=4).global_batch(0, 1)
+
+
+def test_a_steps_dropout_seed_depends_on_the_seed_the_step_and_the_rank_only():
+    from xdr.train.samplers import step_seed
+
+    seeds = {step_seed(seed, step, rank) for seed in (0, 1) for step in (0, 1, 2) for rank in (0, 1)}
+    assert len(seeds) == 12 and all(0 <= s < 2**63 for s in seeds)
+    assert step_seed(3, 17, 1) == step_seed(3, 17, 1) == int(np.random.default_rng([3, 17, 1, 5]).integers(2**63 - 1))
+
+
 def test_xdr_loss_is_in_batch_softmax_over_all_passages_by_hand():
     q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     p = torch.tensor([[1.0, 1.0], [0.5, 0.0], [0.0, 1.0], [2.0, 0.0]])  # q0: p0+, p1-; q1: p2+, p3-
