@@ -188,6 +188,39 @@ def _recompute_equal(run: Path, config: dict, parts: list[int], scratch: Path) -
     return True
 
 
+def _served_vs_exact(index: Path, run: Path, questions: list[str], hits: list[list[dict]], k: int) -> dict:
+    """The endpoint's hits against brute force over every embeddings part (streamed, one part in memory):
+    each served score is that passage's true score, `recall_at_k` is the share of the exact top-k served
+    (ties counted by score), and the hit at each rank scores what the exact ranking's does. An exhaustive
+    index (Flat lists, every list probed) must give recall 1 and the exact scores rank by rank."""
+    from xdr.config import EncoderConfig
+    from xdr.index.build import vectors_of
+    from xdr.models.encoder import make_encoder
+
+    manifest = json.loads((index / "manifest.json").read_text())
+    queries = make_encoder(EncoderConfig.model_validate(manifest["encoder"])).encode_queries(questions)
+    served = {h["id"] for row in hits for h in row}
+    top = np.full((len(questions), k), -np.inf, dtype=np.float32)  # the exact top-k scores so far
+    true_score: dict[str, np.ndarray] = {}
+    for part in sorted((run / "embeddings").glob("part-*.parquet")):
+        table = pq.read_table(part, columns=["id", "embedding"])
+        scores = queries @ vectors_of(table).T
+        top = -np.sort(-np.concatenate([top, scores], axis=1), axis=1)[:, :k]
+        for row, passage_id in enumerate(table["id"].to_pylist()):
+            if passage_id in served:
+                true_score[passage_id] = scores[:, row]
+    score_error = max((abs(h["score"] - float(true_score[h["id"]][q])) for q, row in enumerate(hits) for h in row),
+                      default=float("inf"))  # no hit at all: fails the check
+    tie = 1e-4
+    found = [sum(h["score"] >= top[q, k - 1] - tie for h in row[:k]) for q, row in enumerate(hits)]
+    # rank by rank against the exact ranking's scores: catches a wrong order, which recall does not
+    rank_error = max((abs(h["score"] - float(top[q, j])) for q, row in enumerate(hits) for j, h in enumerate(row[:k])),
+                     default=float("inf"))
+    return {"questions": len(questions), "max_score_error": round(float(score_error), 6),
+            "recall_at_k": round(float(np.mean(found)) / k, 4), "max_rank_score_error": round(float(rank_error), 6),
+            "k": k}
+
+
 def _serve_and_query(index: Path, run: Path, workdir: Path, log: Path, n_questions: int) -> dict:
     """`xdr serve`, then questions (each passage's lead words) at 1 and 8 clients; replica memory."""
     from ray_jobs.common import free_port
@@ -220,6 +253,7 @@ def _serve_and_query(index: Path, run: Path, workdir: Path, log: Path, n_questio
             hits = client.search(url, questions[:20], k=10, return_text=True)
             result["top_hit_starts_with_question"] = float(np.mean(
                 [bool(h) and h[0]["text"].startswith(q) for q, h in zip(questions, hits)]))
+            result["served_vs_exact"] = _served_vs_exact(index, run, questions[:20], hits, k=10)
 
             def timed(question: str) -> float:
                 t = time.perf_counter()
@@ -290,6 +324,7 @@ def run_size(row: dict, workdir: Path, files: int, resume: bool, factory: str, s
         watcher_result: dict = {}
 
         committed = {p.name for p in (run / "embeddings").glob("part-*.parquet")}  # the dying job's last ones too
+        row["resume"]["committed"] = len(committed)
 
         def watch() -> None:  # the first embeddings part the rerun writes: when new work began
             while "first_new_part_s" not in watcher_result and not watcher_result.get("stop"):
@@ -323,6 +358,10 @@ def run_size(row: dict, workdir: Path, files: int, resume: bool, factory: str, s
         row["checks"]["resumed_parts_equal_recomputed"] = _recompute_equal(
             run, config, [p for p in parts if 0 <= p < counts["parts"]], workdir / f"recompute-{n}")
         row["checks"]["rerun_read_validation"] = bool(counts.get("validation_resumed"))
+        # the rerun skipped exactly the parts committed before it and had parts of its own to embed
+        row["checks"]["rerun_skipped_the_committed_parts"] = counts["parts_resumed"] == row["resume"]["committed"]
+        row["checks"]["rerun_embedded_new_parts"] = (row["resume"]["committed"] < counts["parts"]
+                                                    and "first_new_part_s" in row["resume"])
     save()
 
     index = run / "index"
@@ -340,6 +379,11 @@ def run_size(row: dict, workdir: Path, files: int, resume: bool, factory: str, s
     save()
 
     row["serve"] = _serve_and_query(index, run, workdir, log, n_questions=questions)
+    exact = row["serve"]["served_vs_exact"]
+    row["checks"]["served_scores_are_true_scores"] = exact["max_score_error"] < 1e-3
+    if factory.endswith(",Flat") and nprobe >= int(factory.split(",")[0].removeprefix("IVF")):  # exhaustive
+        row["checks"]["served_hits_equal_brute_force"] = (exact["recall_at_k"] == 1.0
+                                                          and exact["max_rank_score_error"] < 1e-3)
     _replica_ratio(row)
     save()
 
