@@ -76,9 +76,12 @@ def test_recall_at_10_against_exact_search(synthetic_run):
     nprobe 16 of 64 lists >= 0.95; IVF,PQ8 (4 dims per byte) >= 0.5, limited by PQ, not by nprobe."""
     root, vectors, ids, rows = synthetic_run
     queries = clustered_vectors(200, 32, clusters=64, seed=11)
-    exact = ExactSearcher(str(root / "run")).search(queries, k=10)
+    searcher = ExactSearcher(str(root / "run"))
+    exact = searcher.search(queries, k=10)
     exact_brute = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]  # a second, independent exact answer
     assert exact.ids == [[ids[i] for i in row] for row in exact_brute.tolist()]
+    everything = searcher.search(queries[:2], k=len(ids)).ids  # every row, the first and the last included
+    assert all(sorted(row) == sorted(ids) for row in everything)
     for factory, threshold in (("IVF64,Flat", 0.95), ("IVF64,PQ8np", 0.5)):
         name = factory.replace(",", "_")
         if not (root / f"three-{name}").exists():

@@ -331,3 +331,6 @@ def test_the_sampler_switches_queries_on_the_fly_and_resumes_identically(tmp_pat
     assert switched.fingerprint() != plain.fingerprint()
     assert switched.fingerprint() != HybridBatchSampler([data], batch_size=8, kind="xx_mono", seed=3,
                                                         transform=CodeSwitcher(switcher.dictionary, 0.25)).fingerprint()
+    # with a transform the batch settings still count: a checkpoint of batches of 8 does not resume batches of 4
+    assert switched.fingerprint() != HybridBatchSampler([data], batch_size=4, kind="xx_mono", seed=3,
+                                                        transform=switcher).fingerprint()

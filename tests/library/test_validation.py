@@ -92,12 +92,12 @@ def _part_bytes(storage: Storage, run: str) -> dict[str, bytes]:
     return {f[len(run):]: storage.read_bytes(f) for f in files}
 
 
-def _assert_same_as_single_reader(storage, corpus, root, executor):
+def _assert_same_as_single_reader(storage, corpus, root, executor, progress=None):
     config = _config(corpus, split_bytes=400)
     units, _ = plan_units(storage, config)
     assert len(units) > 8, "the test corpus must be split into byte ranges"
     expected = single_reader_parts(storage, config, f"{root}/single")
-    summary = validate_corpus(storage, config, f"{root}/parallel", executor)
+    summary = validate_corpus(storage, config, f"{root}/parallel", executor, progress=progress)
     assert (summary.rows_read, summary.passages, summary.rejects, dict(summary.reject_reasons), len(summary.parts)) \
         == (expected["rows_read"], expected["passages"], expected["rejects"], expected["reject_reasons"],
             expected["parts"])
@@ -118,6 +118,50 @@ def test_in_one_process_the_parts_equal_the_single_readers(tmp_path):
     _write_corpus(lambda name, data: (tmp_path / "corpus").mkdir(exist_ok=True) or
                   (tmp_path / "corpus" / name).write_bytes(data))
     _assert_same_as_single_reader(Storage(), str(tmp_path / "corpus"), str(tmp_path), None)
+
+
+def test_in_batches_of_five_rows_and_in_one_unit_a_file_the_counts_and_parts_are_the_same(tmp_path, monkeypatch):
+    """The row batches a unit is staged and cut in (8,192 rows) and the byte ranges it is split into must not
+    change the result: batches of 5 rows, then one unit a file, against the hand counts and the single reader."""
+    from xdr.ingest import validation
+
+    small = validation.iter_batches
+    monkeypatch.setattr(validation, "BATCH_ROWS", 5)
+    monkeypatch.setattr(validation, "iter_batches", lambda storage, uri: small(storage, uri, batch_size=5))
+    (tmp_path / "corpus").mkdir()
+    _write_corpus(lambda name, data: (tmp_path / "corpus" / name).write_bytes(data))
+    said: list[str] = []
+    _assert_same_as_single_reader(Storage(), str(tmp_path / "corpus"), str(tmp_path), None, progress=said.append)
+    units = len(plan_units(Storage(), _config(str(tmp_path / "corpus"), split_bytes=400))[0])
+    assert said[-1] == f"validated {units}/{units} units, 193 rows", said  # progress counts every row once
+    whole = validate_corpus(Storage(), _config(str(tmp_path / "corpus"), split_bytes=1 << 30), str(tmp_path / "whole"))
+    assert (whole.rows_read, whole.passages, dict(whole.reject_reasons)) == (193, 172, HAND_COUNTED_REASONS)
+    assert _part_bytes(Storage(), str(tmp_path / "whole")) == _part_bytes(Storage(), str(tmp_path / "parallel"))
+
+
+def test_a_rerun_reads_the_committed_validation_and_refuses_a_changed_corpus(tmp_path, monkeypatch):
+    """Validation committed once is read back, not redone (the summary equal to the first); a corpus changed
+    since is refused with the first five changes named; nothing is written outside the run folder."""
+    corpus, run = tmp_path / "corpus", str(tmp_path / "run")
+    corpus.mkdir()
+    _write_corpus(lambda name, data: (corpus / name).write_bytes(data))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # a path that lost its run folder would land here
+    config = _config(str(corpus), split_bytes=400)
+    first = validate_corpus(Storage(), config, run)
+    again = validate_corpus(Storage(), config, run)
+    assert not first.resumed and again.resumed
+    assert (again.rows_read, again.passages, again.rejects, again.reject_reasons, again.source_files, again.parts) \
+        == (first.rows_read, first.passages, first.rejects, first.reject_reasons, first.source_files, first.parts)
+    assert list((tmp_path / "cwd").iterdir()) == []
+    for i in range(6):
+        (corpus / f"new{i}.jsonl").write_text('{"id": "n", "text": "t"}\n')
+    (corpus / "b.tsv").write_bytes((corpus / "b.tsv").read_bytes() + b"b99\tB\tmore\n")
+    with pytest.raises(ValueError) as refused:
+        validate_corpus(Storage(), config, run)
+    said = str(refused.value)
+    assert said.startswith("the corpus changed since this run validated it: ") and said.count("; ") == 4, said
+    assert said.endswith(" (and 2 more). Resume it with the same corpus, or choose a new output folder."), said
 
 
 @pytest.mark.parametrize("cpus_per_task", [2, 1], ids=["one-task-at-a-time", "two-at-once"])
