@@ -139,9 +139,9 @@ def test_in_batches_of_five_rows_and_in_one_unit_a_file_the_counts_and_parts_are
     assert _part_bytes(Storage(), str(tmp_path / "whole")) == _part_bytes(Storage(), str(tmp_path / "parallel"))
 
 
-def test_a_rerun_reads_the_committed_validation_and_refuses_a_changed_corpus(tmp_path, monkeypatch):
-    """Validation committed once is read back, not redone (the summary equal to the first); a corpus changed
-    since is refused with the first five changes named; nothing is written outside the run folder."""
+def test_a_rerun_restores_the_whole_summary_and_names_at_most_five_changes(tmp_path, monkeypatch):
+    """Validation committed once is read back whole (rows read and source files too); a corpus changed in
+    seven ways is refused with five named and the rest counted; nothing is written outside the run folder."""
     corpus, run = tmp_path / "corpus", str(tmp_path / "run")
     corpus.mkdir()
     _write_corpus(lambda name, data: (corpus / name).write_bytes(data))
