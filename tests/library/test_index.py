@@ -104,6 +104,23 @@ def test_searcher_returns_text_and_handles_k_beyond_the_corpus(tmp_path):
     shard = searcher.shards[1]
     assert shard.lookup(np.array([shard.first_id]), ("id", "text")) == [
         {"id": f"v{shard.first_id:08d}", "text": f"text of v{shard.first_id:08d}"}]
+    both = np.array([[0, shard.first_id]])  # one id in each shard, through the searcher's own lookup
+    assert searcher.docs(both, ("id", "text")) == {i: {"id": f"v{i:08d}", "text": f"text of v{i:08d}"}
+                                                   for i in (0, shard.first_id)}
+    build_here(str(tmp_path / "run"), str(tmp_path / "bare"), "IVF1,Flat", shards=1, with_text=False)
+    with pytest.raises(ValueError, match="built without text"):
+        ShardedSearcher(str(tmp_path / "bare")).docs(both, ("id", "text"))
+
+
+def test_nprobe_reaches_every_shard_and_probing_every_list_is_exact_search(synthetic_run):
+    root, vectors, ids, rows = synthetic_run
+    if not (root / "three-IVF64_Flat").exists():
+        build_here(str(root / "run"), str(root / "three-IVF64_Flat"), "IVF64,Flat", shards=3)
+    searcher = ShardedSearcher(str(root / "three-IVF64_Flat"))  # built with nprobe 8
+    queries = clustered_vectors(50, 32, clusters=64, seed=12)
+    every_list = searcher.search(queries, k=10, nprobe=64)
+    assert every_list.ids == ExactSearcher(str(root / "run")).search(queries, k=10).ids
+    assert searcher.search(queries, k=10, nprobe=1).ids != every_list.ids
 
 
 def test_rerun_skips_committed_files_and_rebuilds_missing_ones(tmp_path):
