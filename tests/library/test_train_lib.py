@@ -128,6 +128,58 @@ def test_resume_mid_epoch_gives_exactly_the_remaining_batches():
         HybridBatchSampler([data], batch_size=4, seed=9).load_state_dict(state)
 
 
+def test_iteration_walks_every_batch_of_every_epoch_in_order_and_epochs_differ():
+    """The spec iteration and resume rely on, checked directly: batch n of epoch e is global_batch(e, n);
+    epochs do not repeat each other; a dataset not a multiple of the batch size drops its remainder."""
+    from itertools import islice
+
+    sampler = HybridBatchSampler([_parallel(63)], batch_size=8, seed=2)
+    assert sampler.batches_per_epoch == 7 and len(sampler.schedule(0)) == 7
+    assert all(len(items) == 8 for _, items in sampler.schedule(0))
+    walked = list(islice(iter(sampler), 16))  # two epochs and two batches of the third
+    assert walked == [sampler.global_batch(e, n) for e in range(3) for n in range(7)][:16]
+    assert sampler.state_dict()["epoch"] == 2 and sampler.state_dict()["next_batch"] == 2
+    batches = [{frozenset(items.tolist()) for _, items in sampler.schedule(e)} for e in (0, 1)]
+    assert batches[0] != batches[1]  # the next epoch puts other items together, not only in another order
+
+
+def test_batch_draws_vary_with_the_batch_the_epoch_and_the_seed():
+    """Hybrid batches draw mono/cross and languages from (seed, epoch, batch number): within an epoch the
+    kinds mix, and the same batch number draws other languages in another epoch and under another seed."""
+    data = _parallel(160, n_groups=20)
+
+    def languages(sampler, epoch):
+        return [tuple((e.query_lang, e.passage_lang) for e in sampler.global_batch(epoch, n))
+                for n in range(sampler.batches_per_epoch)]
+
+    sampler = HybridBatchSampler([data], batch_size=8, kind="hybrid", alpha=0.5, seed=1)
+    kinds = {sampler.global_batch(0, n)[0].kind for n in range(sampler.batches_per_epoch)}
+    assert kinds == {"xx_mono", "xy"}
+    assert languages(sampler, 0) != languages(sampler, 1)
+    assert languages(sampler, 0) != languages(HybridBatchSampler([data], batch_size=8, kind="hybrid", alpha=0.5,
+                                                                 seed=2), 0)
+
+
+@pytest.mark.parametrize("negatives", [2, 3, 5])
+def test_negatives_are_the_articles_other_paragraphs_when_it_has_enough(negatives):
+    """Groups of 4 items (4 paragraphs): 3 others, so 2 or 3 negatives come from the group; 5 cannot, and
+    are drawn from any other paragraph. Exactly `negatives`, never the own paragraph."""
+    data = _parallel(40, n_groups=10)
+    for i in range(40):  # one paragraph per item: a group's 4 items are 4 paragraphs
+        for lang in LANGS:
+            data.items[i].passage[lang] = Passage("", f"{lang} paragraph {i}")
+    sampler = HybridBatchSampler([data], batch_size=8, kind="xx_mono", negatives=negatives, seed=0)
+    outside = 0
+    for n in range(sampler.batches_per_epoch):
+        for example in sampler.global_batch(0, n):
+            own = int(example.positive.text.rsplit(" ", 1)[1])
+            group = {j for j in range(40) if j % 10 == own % 10}
+            others = [int(p.text.rsplit(" ", 1)[1]) for p in example.negatives]
+            assert len(others) == negatives and own not in others
+            outside += sum(j not in group for j in others)
+    assert (outside > 0) == (negatives == 5)
+
+
 def test_sampler_refuses_settings_it_cannot_honour():
     with pytest.raises(ValueError, match="not divisible"):
         HybridBatchSampler([_parallel()], batch_size=9, world_size=2)
@@ -135,6 +187,21 @@ def test_sampler_refuses_settings_it_cannot_honour():
         HybridBatchSampler([_parallel(langs=("en",))], batch_size=8, kind="xy")
     with pytest.raises(ValueError, match="unknown batch kind"):
         HybridBatchSampler([_parallel()], batch_size=8, kind="mixed")
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"alpha .* must lie in \[0, 1\]"):
+            HybridBatchSampler([_parallel()], batch_size=8, alpha=alpha)
+    with pytest.raises(ValueError, match="at least batch_size=8 items"):
+        HybridBatchSampler([_parallel(7)], batch_size=8)
+    # the edges are allowed: alpha 0 and 1, a dataset of exactly one batch, one language for mono batches,
+    # two for cross-lingual ones; one negative and seed 0 by default
+    for alpha in (0.0, 1.0):
+        HybridBatchSampler([_parallel()], batch_size=8, alpha=alpha)
+    one_batch = HybridBatchSampler([_parallel(8)], batch_size=8)
+    assert one_batch.batches_per_epoch == 1 and (one_batch.negatives, one_batch.seed) == (1, 0)
+    HybridBatchSampler([_parallel(langs=("en",))], batch_size=8, kind="xx_mono")
+    HybridBatchSampler([_parallel(langs=("en", "fi"))], batch_size=8, kind="xy")
+    everything_mono = HybridBatchSampler([_parallel(80)], batch_size=8, kind="hybrid", alpha=1.0)
+    assert {e.kind for n in range(10) for e in everything_mono.global_batch(0, n)} == {"xx_mono"}
 
 
 # --- losses -----------------------------------------------------------------------------------------
