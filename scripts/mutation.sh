@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the modules where a silent change costs most (fusion, the metrics, top-k merge and
 # lookup, validation, the hybrid sampler; `[tool.mutmut]` in pyproject.toml), with the fast library tests
-# that execute each mutated function; then the score per module. Not in CI: about an hour on 2 cores.
+# that execute each mutated function; then the score per module. Not in CI: about 40 minutes on 2 cores.
 #   bash scripts/mutation.sh [--survivors] [--json mutation.json]
 # Run `bash scripts/setup.sh` first. mutmut works in ./mutants (ignored by git); `rm -rf mutants` starts over.
 set -euo pipefail
