@@ -368,8 +368,10 @@ def _inner_limit(config: ServeConfig) -> int:
     return 4 * max(config.max_inflight, config.encoder_batch_size)
 
 
-def _scaling(bounds: tuple[int, int], target: float) -> dict:
-    return {"min_replicas": bounds[0], "max_replicas": bounds[1], "target_ongoing_requests": target}
+def _scaling(config: ServeConfig, bounds: tuple[int, int], target: float) -> dict:
+    return {"min_replicas": bounds[0], "max_replicas": bounds[1], "target_ongoing_requests": target,
+            "upscale_delay_s": config.upscale_delay_s, "downscale_delay_s": config.downscale_delay_s,
+            "look_back_period_s": config.look_back_period_s}
 
 
 def _shard_deployments(config: ServeConfig, manifest: dict, suffix: str = "") -> list:
@@ -377,7 +379,8 @@ def _shard_deployments(config: ServeConfig, manifest: dict, suffix: str = "") ->
     storage_dict = Storage(config.storage).resolved().model_dump(mode="json")
     shard = IndexShard.options  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
     return [shard(name=f"IndexShard{s['shard']}{suffix}", max_ongoing_requests=_inner_limit(config),
-                  autoscaling_config=_scaling(config.shard_replicas, config.max_inflight / 2),
+                  autoscaling_config=_scaling(config, config.shard_replicas,
+                                               config.shard_target_ongoing or config.max_inflight / 2),
                   ray_actor_options={"num_cpus": config.replica_cpus}, user_config={"nprobe": manifest["nprobe"]})
             .bind(config.index, s["shard"], storage_dict, config.cache_dir) for s in manifest["shards"]]
 
@@ -404,7 +407,7 @@ def build_app(config: ServeConfig, name: str = "xdr", *, shards_inside: bool = F
     encoder_arg = {"encoder": encoder.model_dump(mode="json"), "storage": storage_dict}  # the Router encodes
     if config.separate_encoder:
         encoder_arg = QueryEncoder.options(  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
-            autoscaling_config=scaling(config.encoder_replicas, config.encoder_batch_size / 2),
+            autoscaling_config=scaling(config, config.encoder_replicas, config.encoder_batch_size / 2),
             max_ongoing_requests=inner_limit, ray_actor_options=replicas,
         ).bind(encoder_arg, config.encoder_batch_size, config.encoder_batch_wait_s)
     in_router = shards_fit_router(config, manifest)
@@ -426,7 +429,7 @@ def build_app(config: ServeConfig, name: str = "xdr", *, shards_inside: bool = F
     # The slots above max_inflight let /healthz, /info and the quick 503s through while searches run;
     # Serve's own queue limit is the backstop should the Router replicas be saturated anyway.
     router = Router.options(  # type: ignore[attr-defined]
-        ray_actor_options=replicas, autoscaling_config=scaling(config.router_replicas, config.max_inflight / 2),
+        ray_actor_options=replicas, autoscaling_config=scaling(config, config.router_replicas, config.max_inflight / 2),
         max_ongoing_requests=config.max_inflight + 32, max_queued_requests=config.max_inflight,
         user_config={"nprobe": manifest["nprobe"]} if in_router else None,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s))

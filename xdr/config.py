@@ -278,6 +278,17 @@ class ServeConfig(_Section):
                                                   "(with separate_encoder).")
     shard_replicas: tuple[int, int] = Field((1, 2), description="(min, max) autoscaling replicas of each shard.")
     replica_cpus: float = Field(0.25, gt=0, description="CPUs reserved per replica.")
+    shard_target_ongoing: float | None = Field(
+        None, gt=0, description="Searches in flight per shard replica that Serve's autoscaling aims at. Default: "
+        "max_inflight / 2, as the routers; lower it (towards the CPUs a shard search uses) when the shard "
+        "searches, not the routers, limit the endpoint.")
+    upscale_delay_s: float = Field(30.0, ge=0, description="Serve adds replicas once the load has stayed above "
+                                   "the target (max_inflight / 2 searches per router replica) this long.")
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="Serve removes replicas once the load has stayed below the target this long "
+        "(their requests in flight finish first); the nodes they free go after the cluster's idle timeout.")
+    look_back_period_s: float = Field(30.0, gt=0, description="Window over which Serve averages each "
+                                      "deployment's ongoing requests to decide.")
     cache_dir: str | None = Field(None, description="Local cache for index files read from S3 "
                                   "(default $XDR_CACHE or ~/.cache/xdr).")
     storage: StorageConfig = StorageConfig()
