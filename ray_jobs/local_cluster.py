@@ -18,7 +18,6 @@ short heartbeat timeout (a node whose raylet died is replaced after it, not afte
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import signal
@@ -97,68 +96,14 @@ class Node:
     ended_s: float | None
 
 
-class LocalAutoscalingCluster:
-    """`ray start --head --autoscaling-config=<rehearsal config>` in its own process session; `stop()` ends
-    the head, the autoscaler and every node it launched."""
+@dataclass
+class ClusterState:
+    """What a running cluster reports through its dashboard's HTTP API (state, jobs, Serve)."""
 
-    def __init__(self, launcher_config: Path = LAUNCHER_CONFIG, workdir: Path | None = None, *,
-                 max_workers_per_type: int = 2, idle_timeout_s: float = 15.0, heartbeat_timeout_s: int = 10,
-                 update_interval_s: int = 1):
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="xdr-local-cluster-"))
-        self.launcher = yaml.safe_load(Path(launcher_config).read_text())
-        self.max_workers_per_type, self.idle_timeout_s = max_workers_per_type, idle_timeout_s
-        self.heartbeat_timeout_s, self.update_interval_s = heartbeat_timeout_s, update_interval_s
-        self.process: subprocess.Popen | None = None
-        self.gcs_address = self.dashboard = ""
-        self.head_log = self.workdir / "ray-head.log"
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The environment for a `ray` CLI or a driver that talks to this cluster."""
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-               "RAY_AUTH_MODE": "token"}  # Ray's default; its CLI reads ~/.ray/auth_token only when it is set
-        env.pop("RAY_ADDRESS", None)
-        return env
-
-    def start(self, timeout_s: float = 120.0) -> LocalAutoscalingCluster:
-        from ray._private.services import get_node_ip_address
-
-        port, dashboard_port = free_port(), free_port()
-        # the fake nodes join the GCS at this address and pick the machine's IP, so the head uses it too
-        self.gcs_address = f"{get_node_ip_address()}:{port}"
-        self.dashboard = f"http://127.0.0.1:{dashboard_port}"
-        config = rehearsal_config(self.launcher, self.gcs_address, max_workers_per_type=self.max_workers_per_type,
-                                  idle_timeout_s=self.idle_timeout_s)
-        config_path = self.workdir / "autoscaling.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        head = config["available_node_types"][FAKE_HEAD_TYPE]["resources"]
-        env = {**self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": str(self.update_interval_s),
-               "AUTOSCALER_HEARTBEAT_TIMEOUT_S": str(self.heartbeat_timeout_s)}
-        cmd = [_RAY, "start", "--head", "--block", f"--port={port}", f"--autoscaling-config={config_path}",
-               f"--num-cpus={head['CPU']}", "--num-gpus=0", f"--object-store-memory={head['object_store_memory']}",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-               f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-               "--disable-usage-stats"]
-        with open(self.head_log, "wb") as log:
-            self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the head exited with {self.process.returncode}: "
-                                   f"{self.head_log.read_text()[-2000:]}")
-            try:
-                self.nodes()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"the head's dashboard did not answer in {timeout_s:.0f} s") from None
-                time.sleep(0.5)
+    dashboard: str  # http://host:port
 
     def api(self, path: str) -> Any:
-        """GET a path of the dashboard's HTTP API (state, jobs, Serve) with the cluster's token."""
+        """GET a path of the dashboard's API with the cluster's token (~/.ray/auth_token)."""
         token_file = Path.home() / ".ray" / "auth_token"
         headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.exists() else {}
         with urllib.request.urlopen(urllib.request.Request(f"{self.dashboard}{path}", headers=headers),
@@ -166,7 +111,7 @@ class LocalAutoscalingCluster:
             return json.load(response)
 
     def nodes(self) -> list[Node]:
-        """Every node the cluster has had, alive or dead, from the state API."""
+        """Every node the cluster has had, alive or dead."""
         rows = self.api("/api/v0/nodes?detail=1&limit=1000")["data"]["result"]["result"]
         return [Node(node_id=row["node_id"], alive=row["state"] == "ALIVE", resources=row["resources_total"],
                      node_type="head" if row["is_head_node"] else row["labels"].get(NODE_TYPE_LABEL, "?"),
@@ -187,6 +132,68 @@ class LocalAutoscalingCluster:
                 raise TimeoutError(f"{what}: not seen within {timeout_s:.0f} s; nodes: "
                                    f"{[(n.node_type, n.node_id[-5:], n.alive) for n in nodes]}")
             time.sleep(poll_s)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a `ray`/`serve` CLI or a driver that talks to a token-authenticated cluster."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "RAY_AUTH_MODE": "token"}  # Ray's default; its CLI reads ~/.ray/auth_token only when it is set
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+class LocalAutoscalingCluster:
+    """`ray start --head --autoscaling-config=<rehearsal config>` in its own process session; `stop()` ends
+    the head, the autoscaler and every node it launched."""
+
+    def __init__(self, launcher_config: Path = LAUNCHER_CONFIG, workdir: Path | None = None, *,
+                 max_workers_per_type: int = 2, idle_timeout_s: float = 15.0, heartbeat_timeout_s: int = 10,
+                 update_interval_s: int = 1):
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="xdr-local-cluster-"))
+        self.launcher = yaml.safe_load(Path(launcher_config).read_text())
+        self.max_workers_per_type, self.idle_timeout_s = max_workers_per_type, idle_timeout_s
+        self.heartbeat_timeout_s, self.update_interval_s = heartbeat_timeout_s, update_interval_s
+        self.process: subprocess.Popen | None = None
+        self.gcs_address = ""
+        self.state = ClusterState("")
+        self.head_log = self.workdir / "ray-head.log"
+
+    def start(self, timeout_s: float = 120.0) -> LocalAutoscalingCluster:
+        from ray._private.services import get_node_ip_address
+
+        port, dashboard_port = free_port(), free_port()
+        # the fake nodes join the GCS at this address and pick the machine's IP, so the head uses it too
+        self.gcs_address = f"{get_node_ip_address()}:{port}"
+        self.state = ClusterState(f"http://127.0.0.1:{dashboard_port}")
+        config = rehearsal_config(self.launcher, self.gcs_address, max_workers_per_type=self.max_workers_per_type,
+                                  idle_timeout_s=self.idle_timeout_s)
+        config_path = self.workdir / "autoscaling.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        head = config["available_node_types"][FAKE_HEAD_TYPE]["resources"]
+        env = {**cli_env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": str(self.update_interval_s),
+               "AUTOSCALER_HEARTBEAT_TIMEOUT_S": str(self.heartbeat_timeout_s)}
+        cmd = [_RAY, "start", "--head", "--block", f"--port={port}", f"--autoscaling-config={config_path}",
+               f"--num-cpus={head['CPU']}", "--num-gpus=0", f"--object-store-memory={head['object_store_memory']}",
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+               f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+               "--disable-usage-stats"]
+        with open(self.head_log, "wb") as log:
+            self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the head exited with {self.process.returncode}: "
+                                   f"{self.head_log.read_text()[-2000:]}")
+            try:
+                self.state.nodes()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"the head's dashboard did not answer in {timeout_s:.0f} s") from None
+                time.sleep(0.5)
 
     def stop(self) -> None:
         """Ends the head's session: SIGTERM, then SIGKILL to what is left of it and of the nodes launched."""
@@ -232,25 +239,26 @@ def _session_processes(sid: int) -> list:
     return found
 
 
-def write_timeline(cluster: LocalAutoscalingCluster, path: Path, poll_s: float = 1.0) -> None:
-    """Appends a JSON line to `path` each time a node comes up or goes, until interrupted."""
+def write_timeline(state: ClusterState, path: Path, stop, poll_s: float = 1.0) -> None:
+    """Appends a JSON line to `path` (and says so on stdout) each time a node comes up or goes, until
+    `stop()` is true."""
     seen: dict[str, bool] = {}
     with open(path, "a", encoding="utf-8") as out:
-        while True:
+        while not stop():
             try:
-                nodes = cluster.nodes()
+                nodes = state.nodes()
             except OSError:
                 nodes = []
             for node in nodes:
                 if seen.get(node.node_id) != node.alive:
                     seen[node.node_id] = node.alive
-                    event = {"t": time.time(), "event": "up" if node.alive else "gone", "node_type": node.node_type,
-                             "node_id": node.node_id, "resources": {k: v for k, v in node.resources.items()
-                                                                     if k in ("CPU", "GPU")}}
+                    event = {"t": round(time.time(), 3), "event": "up" if node.alive else "gone",
+                             "node_type": node.node_type, "node_id": node.node_id,
+                             "resources": {k: v for k, v in node.resources.items() if k in ("CPU", "GPU")}}
                     out.write(json.dumps(event) + "\n")
                     out.flush()
-                    print(f"{time.strftime('%H:%M:%S')} node {event['event']}: {node.node_type} "
-                          f"{node.node_id[-5:]}", flush=True)
+                    print(f"{time.strftime('%H:%M:%S')} node {event['event']}: {node.node_type} {node.node_id[-5:]}",
+                          flush=True)
             time.sleep(poll_s)
 
 
@@ -261,21 +269,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-workers", type=int, default=2, help="cap on each node type's max_workers")
     parser.add_argument("--idle-timeout-s", type=float, default=15.0,
                         help="an idle worker node is released after this long")
-    parser.add_argument("--timeline", type=Path, default=None, help="append node up/gone events to this file")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="folder for the generated config, the head's log and the timeline (default: a new one "
+                        "under the temporary folder)")
+    parser.add_argument("--timeline", type=Path, default=None,
+                        help="append node up/gone events to this file (default: timeline.jsonl in the work folder)")
     args = parser.parse_args(argv)
-    cluster = LocalAutoscalingCluster(args.launcher_config, max_workers_per_type=args.max_workers,
+    cluster = LocalAutoscalingCluster(args.launcher_config, args.workdir, max_workers_per_type=args.max_workers,
                                       idle_timeout_s=args.idle_timeout_s)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
     with cluster:
-        print(f"local autoscaling cluster up (config: {cluster.workdir / 'autoscaling.yaml'})\n"
-              f"  RAY_AUTH_MODE=token ray job submit --address {cluster.dashboard} --working-dir . -- "
+        dashboard = cluster.state.dashboard
+        print(f"local autoscaling cluster up: dashboard {dashboard}, GCS {cluster.gcs_address}\n"
+              f"  config: {cluster.workdir / 'autoscaling.yaml'}\n"
+              f"  RAY_AUTH_MODE=token ray job submit --address {dashboard} --working-dir . -- "
               "python -m ray_jobs.index_corpus --config ... --resources.gpus_per_actor=1\n"
               f"  RAY_AUTH_MODE=token ray status --address {cluster.gcs_address}\n"
               "Ctrl-C stops it and every node it launched.", flush=True)
         try:
-            write_timeline(cluster, args.timeline or cluster.workdir / "timeline.jsonl")
+            write_timeline(cluster.state, args.timeline or cluster.workdir / "timeline.jsonl", lambda: bool(stopping))
         except KeyboardInterrupt:
-            print("stopping", flush=True)
+            pass
+        print("stopping the cluster", flush=True)
     return 0
 
 

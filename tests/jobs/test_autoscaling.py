@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ import requests
 import yaml
 
 from ray_jobs.common import free_port
-from ray_jobs.local_cluster import LocalAutoscalingCluster
+from ray_jobs.local_cluster import ClusterState, cli_env
 from tests.support.jobcheck import table_rows
 from tests.support.jobs import make_config
 from tests.support.paths import REPO
@@ -38,6 +40,7 @@ IDLE_S = 15.0  # the rig's idle timeout: an idle worker node is released after t
 LAUNCHER = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
 GPU_TYPES = {name for name, spec in LAUNCHER["available_node_types"].items() if spec["resources"].get("GPU")}
 TIMELINES: dict[str, dict] = {}
+UP_LINE = re.compile(r"cluster up: dashboard (?P<dashboard>\S+), GCS (?P<gcs>\S+)")
 RAY, SERVE = (str(Path(sys.executable).parent / cli) for cli in ("ray", "serve"))
 
 pytestmark = pytest.mark.slow
@@ -45,12 +48,35 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    cluster = LocalAutoscalingCluster(workdir=tmp_path_factory.mktemp("rig"), idle_timeout_s=IDLE_S)
-    cluster.start()
-    yield cluster
-    cluster.stop()
-    if os.environ.get("XDR_AUTOSCALING_TIMELINE"):
-        Path(os.environ["XDR_AUTOSCALING_TIMELINE"]).write_text(json.dumps(TIMELINES, indent=2) + "\n")
+    """The cluster as the guide starts it: `python -m ray_jobs.local_cluster`, stopped with Ctrl-C, after which
+    no process of it may be left; its timeline file must hold the GPU nodes' coming and going."""
+    root = tmp_path_factory.mktemp("rig")
+    timeline = root / "timeline.jsonl"
+    cli = subprocess.Popen([sys.executable, "-m", "ray_jobs.local_cluster", "--idle-timeout-s", str(IDLE_S),
+                            "--workdir", str(root), "--timeline", str(timeline)], cwd=REPO, env=cli_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    deadline = time.monotonic() + 180
+    while not (up := [m for line in list(lines) if (m := UP_LINE.search(line))]):
+        assert cli.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.2)
+    state = ClusterState(up[0]["dashboard"])
+    try:
+        yield state
+    finally:
+        cli.send_signal(signal.SIGINT)
+        cli.wait(timeout=120)
+        reader.join(timeout=10)
+        if os.environ.get("XDR_AUTOSCALING_TIMELINE"):
+            Path(os.environ["XDR_AUTOSCALING_TIMELINE"]).write_text(json.dumps(TIMELINES, indent=2) + "\n")
+    gcs = up[0]["gcs"]
+    left = [p for p in psutil.process_iter(["cmdline"]) if any(gcs in arg for arg in p.info["cmdline"] or [])]
+    assert cli.returncode == 0 and not left, ("".join(lines)[-3000:], left)
+    events = [json.loads(line) for line in timeline.read_text().splitlines()]
+    gpu_events = {e["event"] for e in events if e["node_type"] in GPU_TYPES}
+    assert gpu_events == {"up", "gone"}, events
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +105,7 @@ def _submit(rig, config_path: Path, output: Path, wait: bool) -> tuple[str, subp
     cmd = [RAY, "job", "submit", "--address", rig.dashboard, "--submission-id", submission, "--working-dir",
            str(REPO), *([] if wait else ["--no-wait"]), "--", "python", "-m", "ray_jobs.index_corpus",
            "--config", str(config_path), f"--output={output}"]
-    done = subprocess.run(cmd, cwd=REPO, env=rig.env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return submission, done
 
@@ -211,6 +237,7 @@ class Load:
 
     def __init__(self, url: str, query: str, expected_ids: list[str]):
         self.url, self.query, self.expected = url, query, expected_ids
+        self.pause_s = 0.0  # between a caller's requests
         self.seen: Counter = Counter()
         self.stops: list[threading.Event] = []
         self.threads: list[threading.Thread] = []
@@ -224,6 +251,7 @@ class Load:
                     self.seen["ok" if ok else f"{r.status_code}: {r.text[:200]}"] += 1
                 except requests.RequestException as err:
                     self.seen[type(err).__name__] += 1
+                stop.wait(self.pause_s)
 
     def set_callers(self, count: int) -> None:
         while len(self.threads) < count:
@@ -260,8 +288,8 @@ def test_the_endpoint_scales_its_replicas_up_under_load_and_back_down_without_a_
                    "downscale_delay_s": 10, "look_back_period_s": 5, "cache_dir": str(tmp_path / "cache")}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve_config))
     _no_workers(rig)
-    deployed = subprocess.run([SERVE, "deploy", "--address", rig.dashboard,
-                               str(tmp_path / "serve.yaml")], env=rig.env, capture_output=True, text=True, timeout=120)
+    deployed = subprocess.run([SERVE, "deploy", "--address", rig.dashboard, str(tmp_path / "serve.yaml")],
+                              env=cli_env(), capture_output=True, text=True, timeout=120)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     start = time.time()
     name = app["name"]
@@ -277,7 +305,8 @@ def test_the_endpoint_scales_its_replicas_up_under_load_and_back_down_without_a_
         loaded = time.time()
         up = _wait_replicas(rig, name, lambda c: all(v == 2 for v in c.values()),
                             "every deployment at 2 replicas under load", 180)
-        load.set_callers(1)  # a caller stays: a scale-down must let the requests in flight finish
+        load.pause_s = 0.2  # a light load stays: a scale-down must let the requests in flight finish
+        load.set_callers(1)
         eased = time.time()
         down = _wait_replicas(rig, name, lambda c: all(v == 1 for v in c.values()),
                               "every deployment back at 1 replica", 180)
@@ -289,10 +318,10 @@ def test_the_endpoint_scales_its_replicas_up_under_load_and_back_down_without_a_
     launched = [n for n in rig.nodes() if n.started_s >= start]
     TIMELINES["endpoint under load"] = {
         "deployed": 0.0, "replicas_at_minimum": round(minimum - start, 1), "load_4_callers": round(loaded - start, 1),
-        "replicas_at_maximum": round(up - start, 1), "load_1_caller": round(eased - start, 1),
+        "replicas_at_maximum": round(up - start, 1), "load_1_caller_5_per_s": round(eased - start, 1),
         "replicas_back_at_minimum": round(down - start, 1), "requests": load.seen["ok"],
         "nodes_up": sorted(round(n.started_s - start, 1) for n in launched),
         "node_types": sorted(n.node_type for n in launched)}
     print(TIMELINES["endpoint under load"])
-    subprocess.run([SERVE, "shutdown", "--address", rig.dashboard, "-y"], env=rig.env,
+    subprocess.run([SERVE, "shutdown", "--address", rig.dashboard, "-y"], env=cli_env(),
                    capture_output=True, timeout=120)

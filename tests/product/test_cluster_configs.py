@@ -138,3 +138,32 @@ def test_cluster_image_sets_the_serve_settings_xdr_serve_sets_for_its_ingress():
     module, _, name = image_env[serve_proxy.CALLBACK_ENV].partition(":")
     middlewares = getattr(__import__(module, fromlist=[name]), name)()
     assert [m.cls for m in middlewares] == [serve_proxy.LostReplicaAs503]
+
+
+def test_the_local_autoscaling_cluster_has_the_launcher_configs_node_types_shrunk():
+    """ray_jobs.local_cluster builds its config from aws.yaml: the same worker types and minimums, each node
+    1 CPU and 1 GPU label where the real one has GPUs, and it validates against Ray's schema."""
+    from ray.autoscaler._private.util import validate_config
+
+    from ray_jobs.local_cluster import FAKE_HEAD_TYPE, NODE_TYPE_LABEL, rehearsal_config
+
+    launcher = _load("aws.yaml")
+    rig = rehearsal_config(launcher, "10.0.0.1:6379", max_workers_per_type=3, idle_timeout_s=12)
+    validate_config(copy.deepcopy(rig))  # complete as written: the wheel lacks the provider's defaults file
+    types = rig["available_node_types"]
+    workers = {n: t for n, t in launcher["available_node_types"].items() if n != launcher["head_node_type"]}
+    assert set(types) == set(workers) | {FAKE_HEAD_TYPE}
+    assert types[FAKE_HEAD_TYPE]["resources"]["CPU"] == launcher["available_node_types"]["head"]["resources"]["CPU"]
+    for name, spec in workers.items():
+        has_gpu = spec["resources"].get("GPU", 0) > 0
+        assert types[name]["resources"]["CPU"] == 1 and types[name]["resources"].get("GPU", 0) == int(has_gpu)
+        assert types[name]["min_workers"] == spec["min_workers"]
+        assert types[name]["max_workers"] == min(spec["max_workers"], 3)
+        assert types[name]["labels"] == {NODE_TYPE_LABEL: name}
+    assert {n for n, t in types.items() if t["resources"].get("GPU")} == {"gpu_worker_h100", "gpu_worker_a10g"}
+    assert rig["idle_timeout_minutes"] == 0.2 and rig["max_workers"] == 9
+    assert rig["provider"]["use_node_id_as_ip"] is True  # without it the autoscaler never finds a node idle
+
+    del launcher["available_node_types"]["cpu_worker"]["resources"]["CPU"]
+    with pytest.raises(ValueError, match="cpu_worker"):
+        rehearsal_config(launcher, "10.0.0.1:6379")
