@@ -187,6 +187,21 @@ def as_finished(refs, label: str, stall_s: float = STALL_S):
             yield done[0]
 
 
+def session_processes(sid: int) -> list:
+    """The live processes of a session (a process started with start_new_session=True and everything under it
+    that did not start a session of its own), as psutil processes."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return found
+
+
 def gpus_per_actor(configured: float | None) -> float:
     """The configured value, else 1 if the cluster has GPUs now, else 0 (CPU inference)."""
     if configured is not None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from ray_jobs.common import free_port
+from ray_jobs.common import free_port, session_processes
 
 LAUNCHER_CONFIG = Path(__file__).resolve().parents[1] / "cluster" / "aws.yaml"
 FAKE_HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this type name
@@ -201,7 +201,7 @@ class LocalAutoscalingCluster:
             return
         import psutil
 
-        launched = _session_processes(self.process.pid)
+        launched = session_processes(self.process.pid)
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=5)
@@ -210,7 +210,7 @@ class LocalAutoscalingCluster:
         except subprocess.TimeoutExpired:  # a graceful stop takes half a minute on 2 cores; nothing here needs it
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-        for proc in launched + _session_processes(self.process.pid):
+        for proc in launched + session_processes(self.process.pid):
             try:
                 proc.kill()
             except psutil.Error:
@@ -222,21 +222,6 @@ class LocalAutoscalingCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _session_processes(sid: int) -> list:
-    """The live processes of the head's session: the head, the autoscaler, and the nodes it launched (their
-    processes are the autoscaler's children)."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    return found
 
 
 def write_timeline(state: ClusterState, path: Path, stop, poll_s: float = 1.0) -> None:

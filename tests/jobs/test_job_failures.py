@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from ray_jobs.common import NODE_DIED, free_port
-from tests.support.jobs import processes_left, session_processes
+from ray_jobs.common import NODE_DIED, free_port, session_processes
+from tests.support.jobs import processes_left
 from tests.support.paths import REPO
 
 JOB_ENV = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}

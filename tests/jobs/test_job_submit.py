@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ray_jobs.common import free_port
-from tests.support.jobs import make_config, session_processes
+from ray_jobs.common import free_port, session_processes
+from tests.support.jobs import make_config
 from tests.support.paths import REPO
 
 RAY = str(Path(sys.executable).parent / "ray")

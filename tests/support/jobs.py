@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from ray_jobs.common import session_processes
 from tests.support.paths import REPO
 from xdr.config import IndexingJobConfig
 
@@ -27,20 +28,6 @@ def make_config(models: dict[str, Path], corpus_path: str | Path, output: str | 
         else:
             data[key] = value
     return IndexingJobConfig.model_validate(data)
-
-
-def session_processes(sid: int) -> list:
-    """The live processes of a session (a job started with start_new_session=True and everything under it)."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    return found
 
 
 def processes_left(sid: int, within_s: float = 10.0) -> list:
