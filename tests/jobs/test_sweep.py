@@ -122,7 +122,7 @@ def _tiny_sweep(output: str, tiny_models) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # about 4 minutes on the CI machine: 8 short trainings
+@pytest.mark.timeout(1200)  # about 3 minutes on the CI machine: 6 short trainings
 def test_a_tiny_sweep_on_s3_killed_and_rerun_trains_only_the_unfinished_trials_and_equals_trials_run_alone(
         tmp_path, tiny_models, ray_local, s3_server):
     """The sweep's driver runs on the shared cluster, as `ray job submit` runs it, and writes to S3 (a cluster's
@@ -157,17 +157,20 @@ def test_a_tiny_sweep_on_s3_killed_and_rerun_trains_only_the_unfinished_trials_a
     assert len(report["finished"]) == 4 and not report["failed"]
     assert storage.exists(f"{output}/report.md") and storage.exists(f"{output}/report-validation-curves.png")
 
-    # Each trial's figures = the same config trained and evaluated alone, outside Tune: in a Ray task holding
+    # A trial's figures = the same config trained and evaluated alone, outside Tune: in a Ray task holding
     # half a CPU, as a trial does (one thread; the tiny model's near-ties would otherwise rank differently under
-    # another thread count's float sums). Two at a time, as the sweep ran them.
+    # another thread count's float sums). Two trials, together as the sweep ran them: one finished before the
+    # kill and one the rerun trained.
     @ray.remote(num_cpus=0.5)
     def alone(trial):
         config = xsweep.trial_config(sweep, trial).model_copy(update={"output": str(tmp_path / "alone" / trial.name)})
         manifest = train_encoder.run_training(config)
         return manifest["val_losses"], xsweep.evaluate_model(sweep, config, manifest["model_folder"])
 
-    trials = xsweep.trials(sweep)  # two at a time: more tasks would take the CPUs their Train workers need
-    runs = ray.get([alone.remote(t) for t in trials[:2]]) + ray.get([alone.remote(t) for t in trials[2:]])
+    first_run = next(t for t in xsweep.trials(sweep) if result_uri(sweep, t) in finished)
+    rerun = next(t for t in xsweep.trials(sweep) if result_uri(sweep, t) not in finished)
+    trials = [first_run, rerun]  # two at a time: more tasks would take the CPUs their Train workers need
+    runs = ray.get([alone.remote(t) for t in trials])
     for trial, (val_losses, figures) in zip(trials, runs):
         in_sweep = json.loads(storage.read_bytes(result_uri(sweep, trial)))
         assert np.array(val_losses) == pytest.approx(np.array(in_sweep["training"]["val_losses"]), abs=1e-5)
