@@ -37,7 +37,7 @@ from ray_jobs.common import free_port, session_processes
 LAUNCHER_CONFIG = Path(__file__).resolve().parents[1] / "cluster" / "aws.yaml"
 FAKE_HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this type name
 NODE_TYPE_LABEL = "xdr-node-type"  # each node carries its type as a label, so a watcher can tell them apart
-_RAY = str(Path(sys.executable).parent / "ray")
+RAY_CLI = str(Path(sys.executable).parent / "ray")
 
 
 def rehearsal_config(launcher: dict[str, Any], gcs_address: str, *, max_workers_per_type: int = 2,
@@ -103,9 +103,9 @@ class ClusterState:
     dashboard: str  # http://host:port
 
     def api(self, path: str) -> Any:
-        """GET a path of the dashboard's API with the cluster's token (~/.ray/auth_token)."""
-        token_file = Path.home() / ".ray" / "auth_token"
-        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.exists() else {}
+        """GET a path of the dashboard's API with the cluster's token."""
+        token = auth_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         with urllib.request.urlopen(urllib.request.Request(f"{self.dashboard}{path}", headers=headers),
                                     timeout=10) as response:
             return json.load(response)
@@ -134,6 +134,23 @@ class ClusterState:
             time.sleep(poll_s)
 
 
+def auth_token() -> str | None:
+    """The token Ray's clients send (Ray 2.60 starts clusters with token authentication): RAY_AUTH_TOKEN,
+    else the file RAY_AUTH_TOKEN_PATH names, else ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    return path.read_text().strip() if path.exists() else None
+
+
+def ensure_auth_token() -> None:
+    """`ray start` refuses to start a head without a token, and a fresh machine has none: create
+    ~/.ray/auth_token as Ray advises for local development (`ray get-auth-token --generate`)."""
+    if auth_token() is None:
+        subprocess.run([RAY_CLI, "get-auth-token", "--generate"], env=cli_env(), check=True, capture_output=True,
+                       timeout=120)
+
+
 def cli_env() -> dict[str, str]:
     """The environment for a `ray`/`serve` CLI or a driver that talks to a token-authenticated cluster."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -150,6 +167,7 @@ class LocalAutoscalingCluster:
                  max_workers_per_type: int = 2, idle_timeout_s: float = 15.0, heartbeat_timeout_s: int = 10,
                  update_interval_s: int = 1):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="xdr-local-cluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.launcher = yaml.safe_load(Path(launcher_config).read_text())
         self.max_workers_per_type, self.idle_timeout_s = max_workers_per_type, idle_timeout_s
         self.heartbeat_timeout_s, self.update_interval_s = heartbeat_timeout_s, update_interval_s
@@ -161,6 +179,7 @@ class LocalAutoscalingCluster:
     def start(self, timeout_s: float = 120.0) -> LocalAutoscalingCluster:
         from ray._private.services import get_node_ip_address
 
+        ensure_auth_token()
         port, dashboard_port = free_port(), free_port()
         # the fake nodes join the GCS at this address and pick the machine's IP, so the head uses it too
         self.gcs_address = f"{get_node_ip_address()}:{port}"
@@ -172,7 +191,7 @@ class LocalAutoscalingCluster:
         head = config["available_node_types"][FAKE_HEAD_TYPE]["resources"]
         env = {**cli_env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": str(self.update_interval_s),
                "AUTOSCALER_HEARTBEAT_TIMEOUT_S": str(self.heartbeat_timeout_s)}
-        cmd = [_RAY, "start", "--head", "--block", f"--port={port}", f"--autoscaling-config={config_path}",
+        cmd = [RAY_CLI, "start", "--head", "--block", f"--port={port}", f"--autoscaling-config={config_path}",
                f"--num-cpus={head['CPU']}", "--num-gpus=0", f"--object-store-memory={head['object_store_memory']}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
                f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
