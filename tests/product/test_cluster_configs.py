@@ -167,3 +167,20 @@ def test_the_local_autoscaling_cluster_has_the_launcher_configs_node_types_shrun
     del launcher["available_node_types"]["cpu_worker"]["resources"]["CPU"]
     with pytest.raises(ValueError, match="cpu_worker"):
         rehearsal_config(launcher, "10.0.0.1:6379")
+
+
+def test_the_local_cluster_creates_rays_token_on_a_machine_without_one(tmp_path, monkeypatch):
+    """`ray start` refuses to start a head without a token; a fresh machine (here: a fresh HOME) has none."""
+    from ray_jobs.local_cluster import auth_token, ensure_auth_token
+
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert auth_token() is None
+    ensure_auth_token()
+    token = (tmp_path / ".ray" / "auth_token").read_text().strip()
+    assert len(token) >= 32 and auth_token() == token
+    ensure_auth_token()  # one there: kept
+    assert auth_token() == token
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-the-environment")
+    assert auth_token() == "from-the-environment"
