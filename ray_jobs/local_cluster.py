@@ -220,7 +220,6 @@ class LocalAutoscalingCluster:
             return
         import psutil
 
-        launched = session_processes(self.process.pid)
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=5)
@@ -229,7 +228,7 @@ class LocalAutoscalingCluster:
         except subprocess.TimeoutExpired:  # a graceful stop takes half a minute on 2 cores; nothing here needs it
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-        for proc in launched + session_processes(self.process.pid):
+        for proc in session_processes(self.process.pid):  # the nodes' processes: the autoscaler's children
             try:
                 proc.kill()
             except psutil.Error:

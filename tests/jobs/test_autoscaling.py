@@ -26,7 +26,7 @@ import requests
 import yaml
 
 from ray_jobs.common import free_port
-from ray_jobs.local_cluster import ClusterState, cli_env
+from ray_jobs.local_cluster import RAY_CLI, ClusterState, cli_env
 from tests.support.jobcheck import table_rows
 from tests.support.jobs import make_config
 from tests.support.paths import REPO
@@ -41,7 +41,7 @@ LAUNCHER = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
 GPU_TYPES = {name for name, spec in LAUNCHER["available_node_types"].items() if spec["resources"].get("GPU")}
 TIMELINES: dict[str, dict] = {}
 UP_LINE = re.compile(r"cluster up: dashboard (?P<dashboard>\S+), GCS (?P<gcs>\S+)")
-RAY, SERVE = (str(Path(sys.executable).parent / cli) for cli in ("ray", "serve"))
+SERVE = str(Path(RAY_CLI).parent / "serve")
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,7 @@ def _no_workers(rig):
 
 def _submit(rig, config_path: Path, output: Path, wait: bool) -> tuple[str, subprocess.CompletedProcess]:
     submission = f"xdr-{output.name}-{time.time_ns()}"
-    cmd = [RAY, "job", "submit", "--address", rig.dashboard, "--submission-id", submission, "--working-dir",
+    cmd = [RAY_CLI, "job", "submit", "--address", rig.dashboard, "--submission-id", submission, "--working-dir",
            str(REPO), *([] if wait else ["--no-wait"]), "--", "python", "-m", "ray_jobs.index_corpus",
            "--config", str(config_path), f"--output={output}"]
     done = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)

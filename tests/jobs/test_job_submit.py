@@ -4,31 +4,26 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from ray_jobs.common import free_port, session_processes
+from ray_jobs.local_cluster import RAY_CLI, cli_env
 from tests.support.jobs import make_config
 from tests.support.paths import REPO
-
-RAY = str(Path(sys.executable).parent / "ray")
 
 
 @pytest.fixture
 def ray_head(tmp_path):
     """A head node started with `ray start --block` in its own process group, stopped by that group."""
     dashboard = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    env["RAY_AUTH_MODE"] = "token"  # Ray's default; the CLI client reads ~/.ray/auth_token only when it is set
-    cmd = [RAY, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2", "--num-gpus=0",
+    env = cli_env()
+    cmd = [RAY_CLI, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2", "--num-gpus=0",
            "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}",
            f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
@@ -71,7 +66,7 @@ def test_ray_job_submit_runs_the_indexing_job(ray_head, tiny_models, tmp_path):
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
 
     submit = subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+        [RAY_CLI, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
          "python", "-m", "ray_jobs.index_corpus", "--config", str(config_path), "--fusion.alpha=0.05"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
